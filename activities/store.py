@@ -1,0 +1,392 @@
+"""The store: the only code that reads and writes the business tables.
+
+``Store`` is a plain repository (one transaction per method, every write idempotent through a
+unique business key) used by activities and by read-only views in the starter. ``StoreActivities``
+exposes its writes to workflows as Temporal activities.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, select
+from temporalio import activity
+
+from activities.tables import (
+    AuditLog,
+    Customer,
+    Invoice,
+    InvoiceLineRow,
+    NotificationRow,
+    Payment,
+    Subscription,
+    utcnow,
+)
+from models.subscription import (
+    AuditEntry,
+    InvoiceDraft,
+    InvoiceSettlement,
+    Notification,
+    SubscriptionSnapshot,
+    TransitionRecord,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T", bound=SQLModel)
+
+
+class Store:
+    """Repository over the business tables; each method is one transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def _insert_once(self, row: T, existing: Callable[[Session], T | None]) -> tuple[T, bool]:
+        """Insert ``row`` unless a row with its unique key exists; returns (row, inserted)."""
+        with self.session() as s:
+            found = existing(s)
+            if found is not None:
+                return found, False
+            s.add(row)
+            try:
+                s.commit()
+                return row, True
+            except IntegrityError:
+                s.rollback()
+        with self.session() as s:  # lost a race with a concurrent insert of the same key
+            found = existing(s)
+            if found is None:
+                raise RuntimeError("insert conflicted but no existing row was found")
+            return found, False
+
+    # --- customers -----------------------------------------------------------------------
+
+    def upsert_customer(self, customer_id: str, email: str, timezone: str) -> Customer:
+        def existing(s: Session) -> Customer | None:
+            return s.get(Customer, customer_id)
+
+        row, _ = self._insert_once(
+            Customer(id=customer_id, email=email, timezone=timezone, created_at=utcnow()), existing
+        )
+        return row
+
+    def get_customer(self, customer_id: str) -> Customer | None:
+        with self.session() as s:
+            return s.get(Customer, customer_id)
+
+    def set_gateway_customer(self, customer_id: str, gateway_customer_id: str) -> None:
+        with self.session() as s:
+            row = s.get(Customer, customer_id)
+            if row is None:
+                raise LookupError(f"customer {customer_id} not found")
+            row.gateway_customer_id = gateway_customer_id
+            s.add(row)
+            s.commit()
+
+    # --- subscriptions and audit ---------------------------------------------------------
+
+    def write_transition(self, rec: TransitionRecord) -> bool:
+        """Upsert the subscription row and append the audit entry, in one transaction.
+
+        Returns False when this audit entry was already written (a retried activity).
+        """
+        with self.session() as s:
+            if s.exec(select(AuditLog).where(AuditLog.event_key == rec.audit.event_key)).first():
+                return False
+            self._apply_snapshot(s, rec.snapshot)
+            s.add(_audit_row(rec.audit))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return False
+        return True
+
+    @staticmethod
+    def _apply_snapshot(s: Session, snap: SubscriptionSnapshot) -> None:
+        row = s.get(Subscription, snap.subscription_id)
+        now = utcnow()
+        values: dict[str, Any] = {
+            "customer_id": snap.customer_id,
+            "plan_id": snap.plan_id,
+            "interval": snap.interval.value,
+            "currency": snap.currency,
+            "unit_amount_minor": snap.unit_amount_minor,
+            "quantity": snap.quantity,
+            "status": snap.status.value,
+            "timezone": snap.timezone,
+            "anchor_date": snap.anchor,
+            "trial_end": snap.trial_end,
+            "current_period_start": snap.current_period_start,
+            "current_period_end": snap.current_period_end,
+            "next_billing_at": snap.next_billing_at,
+            "cancel_at_period_end": snap.cancel_at_period_end,
+            "canceled_at": snap.canceled_at,
+            "payment_method_id": snap.payment_method_id,
+            "updated_at": now,
+        }
+        if row is None:
+            s.add(Subscription(id=snap.subscription_id, created_at=now, **values))
+        else:
+            for key, value in values.items():
+                setattr(row, key, value)
+            s.add(row)
+
+    def get_subscription(self, subscription_id: str) -> Subscription | None:
+        with self.session() as s:
+            return s.get(Subscription, subscription_id)
+
+    def list_subscriptions(
+        self,
+        *,
+        status: str | None = None,
+        customer_id: str | None = None,
+        plan_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Sequence[Subscription]:
+        q = select(Subscription)
+        if status:
+            q = q.where(Subscription.status == status)
+        if customer_id:
+            q = q.where(Subscription.customer_id == customer_id)
+        if plan_id:
+            q = q.where(Subscription.plan_id == plan_id)
+        q = q.order_by(col(Subscription.created_at).desc(), col(Subscription.id)).offset(offset)
+        with self.session() as s:
+            return s.exec(q.limit(limit)).all()
+
+    def audit_trail(self, subscription_id: str) -> Sequence[AuditLog]:
+        with self.session() as s:
+            q = (
+                select(AuditLog)
+                .where(AuditLog.subscription_id == subscription_id)
+                .order_by(col(AuditLog.id))
+            )
+            return s.exec(q).all()
+
+    # --- invoices ------------------------------------------------------------------------
+
+    def write_invoice(self, draft: InvoiceDraft) -> bool:
+        """Write an invoice and its lines once; returns False if it already existed."""
+        with self.session() as s:
+            if s.get(Invoice, draft.invoice_id) is not None:
+                return False
+            now = utcnow()
+            s.add(
+                Invoice(
+                    id=draft.invoice_id,
+                    subscription_id=draft.subscription_id,
+                    customer_id=draft.customer_id,
+                    period_index=draft.period_index,
+                    period_start=draft.period_start,
+                    period_end=draft.period_end,
+                    currency=draft.currency,
+                    subtotal_minor=draft.subtotal_minor,
+                    credit_applied_minor=draft.credit_applied_minor,
+                    total_minor=draft.total_minor,
+                    status="paid" if draft.total_minor == 0 else "open",
+                    issued_at=draft.issued_at,
+                    updated_at=now,
+                )
+            )
+            for position, line in enumerate(draft.lines):
+                s.add(
+                    InvoiceLineRow(
+                        invoice_id=draft.invoice_id,
+                        position=position,
+                        kind=line.kind.value,
+                        description=line.description,
+                        amount_minor=line.amount_minor,
+                        currency=line.currency,
+                        quantity=line.quantity,
+                        unit_amount_minor=line.unit_amount_minor,
+                        period_start=line.period_start,
+                        period_end=line.period_end,
+                    )
+                )
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return False
+        return True
+
+    def settle_invoice(self, settlement: InvoiceSettlement) -> None:
+        with self.session() as s:
+            row = s.get(Invoice, settlement.invoice_id)
+            if row is None:
+                raise LookupError(f"invoice {settlement.invoice_id} not found")
+            row.status = settlement.status
+            row.payment_intent_id = settlement.payment_intent_id or row.payment_intent_id
+            row.updated_at = utcnow()
+            s.add(row)
+            s.commit()
+
+    def list_invoices(self, subscription_id: str) -> list[tuple[Invoice, list[InvoiceLineRow]]]:
+        with self.session() as s:
+            invoices = s.exec(
+                select(Invoice)
+                .where(Invoice.subscription_id == subscription_id)
+                .order_by(col(Invoice.period_index), col(Invoice.issued_at))
+            ).all()
+            ids = [i.id for i in invoices]
+            lines = (
+                s.exec(
+                    select(InvoiceLineRow)
+                    .where(col(InvoiceLineRow.invoice_id).in_(ids))
+                    .order_by(col(InvoiceLineRow.invoice_id), col(InvoiceLineRow.position))
+                ).all()
+                if ids
+                else []
+            )
+        by_invoice: dict[str, list[InvoiceLineRow]] = {i: [] for i in ids}
+        for line in lines:
+            by_invoice[line.invoice_id].append(line)
+        return [(inv, by_invoice[inv.id]) for inv in invoices]
+
+    # --- payments ------------------------------------------------------------------------
+
+    def payment_by_key(self, key: str) -> Payment | None:
+        with self.session() as s:
+            return s.exec(select(Payment).where(Payment.idempotency_key == key)).first()
+
+    def begin_payment(self, payment: Payment) -> Payment:
+        """Record a charge attempt before any money moves; returns the existing one on a retry."""
+
+        def existing(s: Session) -> Payment | None:
+            return s.exec(
+                select(Payment).where(Payment.idempotency_key == payment.idempotency_key)
+            ).first()
+
+        row, _ = self._insert_once(payment, existing)
+        return row
+
+    def update_payment(self, key: str, **values: Any) -> Payment:
+        with self.session() as s:
+            row = s.exec(select(Payment).where(Payment.idempotency_key == key)).one()
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            s.add(row)
+            s.commit()
+            return row
+
+    def payments(self, subscription_id: str | None = None) -> Sequence[Payment]:
+        q = select(Payment).order_by(col(Payment.id))
+        if subscription_id:
+            q = q.where(Payment.subscription_id == subscription_id)
+        with self.session() as s:
+            return s.exec(q).all()
+
+    # --- notifications -------------------------------------------------------------------
+
+    def enqueue_notification(self, n: Notification) -> bool:
+        def existing(s: Session) -> NotificationRow | None:
+            return s.exec(select(NotificationRow).where(NotificationRow.key == n.key)).first()
+
+        _, inserted = self._insert_once(
+            NotificationRow(
+                key=n.key,
+                subscription_id=n.subscription_id,
+                customer_id=n.customer_id,
+                kind=n.kind,
+                data=json.dumps(n.data, sort_keys=True),
+                scheduled_for=n.scheduled_for,
+                created_at=utcnow(),
+            ),
+            existing,
+        )
+        return inserted
+
+    def notifications(self, subscription_id: str) -> Sequence[NotificationRow]:
+        with self.session() as s:
+            q = (
+                select(NotificationRow)
+                .where(NotificationRow.subscription_id == subscription_id)
+                .order_by(col(NotificationRow.id))
+            )
+            return s.exec(q).all()
+
+    def count(self, table: type[SQLModel]) -> int:
+        with self.session() as s:
+            return int(s.exec(select(sa.func.count()).select_from(table)).one())
+
+
+def _audit_row(a: AuditEntry) -> AuditLog:
+    return AuditLog(
+        event_key=a.event_key,
+        subscription_id=a.subscription_id,
+        action=a.action,
+        from_status=a.from_status,
+        to_status=a.to_status,
+        actor=a.actor,
+        channel=a.channel,
+        request_id=a.request_id,
+        reason=a.reason,
+        details=json.dumps(a.details, sort_keys=True),
+        occurred_at=a.occurred_at,
+        recorded_at=utcnow(),
+    )
+
+
+class StoreActivities:
+    """Store writes as activities (sync: they run in the worker's thread pool)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @activity.defn(name="store.record_transition")
+    def record_transition(self, rec: TransitionRecord) -> None:
+        written = self.store.write_transition(rec)
+        log.info(
+            "subscription.transition",
+            subscription_id=rec.audit.subscription_id,
+            action=rec.audit.action,
+            from_status=rec.audit.from_status,
+            to_status=rec.audit.to_status,
+            actor=rec.audit.actor,
+            channel=rec.audit.channel,
+            duplicate=not written,
+        )
+
+    @activity.defn(name="store.write_invoice")
+    def write_invoice(self, draft: InvoiceDraft) -> None:
+        written = self.store.write_invoice(draft)
+        log.info(
+            "invoice.issued",
+            invoice_id=draft.invoice_id,
+            total_minor=draft.total_minor,
+            currency=draft.currency,
+            duplicate=not written,
+        )
+
+    @activity.defn(name="store.settle_invoice")
+    def settle_invoice(self, settlement: InvoiceSettlement) -> None:
+        self.store.settle_invoice(settlement)
+
+    @activity.defn(name="store.enqueue_notification")
+    def enqueue_notification(self, n: Notification) -> None:
+        inserted = self.store.enqueue_notification(n)
+        log.info(
+            "notification.queued",
+            kind=n.kind,
+            subscription_id=n.subscription_id,
+            scheduled_for=n.scheduled_for.isoformat(),
+            duplicate=not inserted,
+        )
+
+
+def as_utc_iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

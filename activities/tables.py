@@ -1,0 +1,163 @@
+"""SQL tables: the durable business records. Only the store (and migrations) import these.
+
+Amounts are integers in minor units with their currency; instants are UTC; local billing dates are
+DATE columns. Every write path is idempotent through a unique business key.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Timezone-aware UTC instants on every backend (SQLite keeps no offset, so restore it)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where a UTC instant is required")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(**kw: object) -> object:
+    return Field(sa_column=sa.Column(UTCDateTime(), **kw))  # type: ignore[arg-type]
+
+
+class Customer(SQLModel, table=True):
+    __tablename__ = "customers"
+
+    id: str = Field(primary_key=True, max_length=64)
+    email: str = Field(index=True, max_length=320)
+    timezone: str = Field(max_length=64, default="UTC")
+    gateway_customer_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    customer_id: str = Field(index=True, max_length=64)
+    plan_id: str = Field(index=True, max_length=64)
+    interval: str = Field(max_length=16)
+    currency: str = Field(max_length=3)
+    unit_amount_minor: int = Field(sa_type=sa.BigInteger)
+    quantity: int = 1
+    status: str = Field(index=True, max_length=32)
+    timezone: str = Field(max_length=64)
+    anchor_date: date
+    trial_end: date | None = None
+    current_period_start: date | None = None
+    current_period_end: date | None = None
+    next_billing_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    payment_method_id: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (sa.UniqueConstraint("subscription_id", "period_index", "kind"),)
+
+    id: str = Field(primary_key=True, max_length=96)
+    subscription_id: str = Field(index=True, max_length=64)
+    customer_id: str = Field(index=True, max_length=64)
+    kind: str = Field(default="period", max_length=16)
+    period_index: int
+    period_start: date
+    period_end: date
+    currency: str = Field(max_length=3)
+    subtotal_minor: int = Field(sa_type=sa.BigInteger)
+    credit_applied_minor: int = Field(sa_type=sa.BigInteger, default=0)
+    total_minor: int = Field(sa_type=sa.BigInteger)
+    status: str = Field(max_length=16, default="open")  # open | paid | uncollectible | void
+    payment_intent_id: str | None = Field(default=None, max_length=64)
+    issued_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class InvoiceLineRow(SQLModel, table=True):
+    __tablename__ = "invoice_lines"
+    __table_args__ = (sa.UniqueConstraint("invoice_id", "position"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: str = Field(index=True, max_length=96)
+    position: int
+    kind: str = Field(max_length=32)
+    description: str = Field(max_length=500)
+    amount_minor: int = Field(sa_type=sa.BigInteger)
+    currency: str = Field(max_length=3)
+    quantity: int = 1
+    unit_amount_minor: int | None = Field(default=None, sa_type=sa.BigInteger)
+    period_start: date | None = None
+    period_end: date | None = None
+
+
+class Payment(SQLModel, table=True):
+    __tablename__ = "payments"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=160)
+    invoice_id: str = Field(index=True, max_length=96)
+    subscription_id: str = Field(index=True, max_length=64)
+    attempt: int = 0
+    gateway_intent_id: str | None = Field(default=None, max_length=64)
+    amount_minor: int = Field(sa_type=sa.BigInteger)
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=24)  # pending | succeeded | declined | processing
+    decline_code: str | None = Field(default=None, max_length=64)
+    decline_category: str | None = Field(default=None, max_length=32)
+    failure_message: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class AuditLog(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_key: str = Field(unique=True, max_length=200)
+    subscription_id: str = Field(index=True, max_length=64)
+    action: str = Field(max_length=64)
+    from_status: str | None = Field(default=None, max_length=32)
+    to_status: str | None = Field(default=None, max_length=32)
+    actor: str = Field(max_length=200)
+    channel: str = Field(max_length=32)
+    request_id: str | None = Field(default=None, max_length=200)
+    reason: str | None = Field(default=None, max_length=500)
+    details: str = Field(default="{}", sa_type=sa.Text)
+    occurred_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    recorded_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class NotificationRow(SQLModel, table=True):
+    __tablename__ = "notifications"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True, max_length=200)
+    subscription_id: str = Field(index=True, max_length=64)
+    customer_id: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    channel: str = Field(default="email", max_length=16)
+    status: str = Field(default="pending", max_length=16)
+    data: str = Field(default="{}", sa_type=sa.Text)
+    scheduled_for: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]

@@ -1,0 +1,15 @@
+"""Typed search attribute keys: what operators filter on in the Temporal Web UI.
+
+A view of the workflow's state, not a source of truth. No PII goes here (not encrypted).
+"""
+
+from __future__ import annotations
+
+from temporalio.common import SearchAttributeKey
+
+CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
+PLAN_ID = SearchAttributeKey.for_keyword("PlanId")
+SUBSCRIPTION_STATUS = SearchAttributeKey.for_keyword("SubscriptionStatus")
+NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
+
+ALL = (CUSTOMER_ID, PLAN_ID, SUBSCRIPTION_STATUS, NEXT_BILLING_AT)

@@ -1,0 +1,300 @@
+"""The subscription's state model and the messages that cross the workflow boundary.
+
+Every workflow input, update, signal, query and activity takes exactly one of these models so
+fields can be added later without breaking recorded histories (add fields with defaults only).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.calendar import Interval
+from models.invoice import InvoiceLine
+
+
+class SubscriptionStatus(StrEnum):
+    """Stripe's status words where they fit."""
+
+    incomplete = "incomplete"  # created, first invoice not paid yet
+    incomplete_expired = "incomplete_expired"  # first payment failed: never started
+    trialing = "trialing"
+    active = "active"
+    past_due = "past_due"
+    canceled = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SubscriptionStatus.canceled, SubscriptionStatus.incomplete_expired)
+
+
+class Terms(BaseModel):
+    """What the customer pays: locked at subscription time from the catalog."""
+
+    plan_id: str
+    plan_name: str
+    interval: Interval
+    currency: str
+    unit_amount_minor: int
+    quantity: int = 1
+
+
+class Actor(BaseModel):
+    """Who asked for something, through which channel, with which request id (for the audit)."""
+
+    actor: str = "system"
+    channel: str = "system"
+    request_id: str | None = None
+    reason: str | None = None
+
+
+class SubscriptionState(BaseModel):
+    """The whole state of one subscription: the one model ``continue_as_new`` carries."""
+
+    subscription_id: str
+    customer_id: str
+    email: str
+    terms: Terms
+    timezone: str = "UTC"
+    start_date: date
+    anchor: date  # B_0: billing dates are derived from it (trial end when there is a trial)
+    trial_end: date | None = None
+    payment_method_id: str
+    gateway_customer_id: str | None = None
+    notice_days: int = 3
+    created_by: Actor = Field(default_factory=Actor)
+
+    status: SubscriptionStatus = SubscriptionStatus.incomplete
+    period_index: int = 0  # the next period to bill
+    paid_through: date | None = None  # end of the last period invoiced and paid
+    cancel_at_period_end: bool = False
+    canceled_at: datetime | None = None
+    cancel_reason: str | None = None
+    notices_sent: list[str] = Field(default_factory=list)  # keys of notices already sent
+    audit_seq: int = 0  # transitions written so far (keys audit rows)
+    first_charge_error: str | None = None  # error code when the first charge failed
+    runs: int = 1  # how many workflow runs (continue-as-new) this subscription has had
+
+
+class SubscriptionView(BaseModel):
+    """What the ``state`` query returns: the live state plus derived dates."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    interval: Interval
+    currency: str
+    unit_amount_minor: int
+    quantity: int
+    status: SubscriptionStatus
+    timezone: str
+    anchor: date
+    trial_end: date | None
+    current_period_start: date | None
+    current_period_end: date | None
+    next_billing_date: date | None
+    next_billing_at: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    period_index: int
+
+
+class TimelineEvent(BaseModel):
+    """One scheduled event of the subscription's future, with its instant."""
+
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    kind: str  # trial_ending_notice, trial_end, upcoming_charge_notice, renewal, cancellation
+    description: str
+    amount_minor: int | None = None
+    currency: str | None = None
+
+
+class Timeline(BaseModel):
+    """What the ``timeline`` query returns."""
+
+    model_config = ConfigDict(frozen=True)
+
+    subscription_id: str
+    status: SubscriptionStatus
+    events: list[TimelineEvent]
+
+
+class StartRequest(BaseModel):
+    """The update that confirms a new subscription (sent with update-with-start)."""
+
+    request_id: str
+
+
+class StartResult(BaseModel):
+    """The synchronous answer to a create request."""
+
+    subscription_id: str
+    customer_id: str
+    status: SubscriptionStatus
+    plan_id: str
+    interval: Interval
+    first_invoice_date: date
+    first_charge_minor: int
+    currency: str
+    trial_end: date | None = None
+
+
+class CancelRequest(BaseModel):
+    """Cancel now or at the end of the current period."""
+
+    at_period_end: bool = True
+    by: Actor = Field(default_factory=Actor)
+
+
+class CancelResult(BaseModel):
+    subscription_id: str
+    status: SubscriptionStatus
+    cancel_at_period_end: bool
+    effective_date: date | None
+    canceled_at: datetime | None = None
+
+
+class UncancelRequest(BaseModel):
+    by: Actor = Field(default_factory=Actor)
+
+
+class SubscriptionResult(BaseModel):
+    """What the workflow returns when the subscription ends."""
+
+    subscription_id: str
+    status: SubscriptionStatus
+    periods_billed: int
+    canceled_at: datetime | None = None
+
+
+# --- Activity messages --------------------------------------------------------------------
+
+
+class ProvisionCustomer(BaseModel):
+    customer_id: str
+    email: str
+    timezone: str
+    payment_method_id: str
+
+
+class ProvisionedCustomer(BaseModel):
+    gateway_customer_id: str
+    card_brand: str | None = None
+    card_last4: str | None = None
+
+
+class SubscriptionSnapshot(BaseModel):
+    """The subscription row the store keeps current (a projection of the workflow's state)."""
+
+    subscription_id: str
+    customer_id: str
+    plan_id: str
+    interval: Interval
+    currency: str
+    unit_amount_minor: int
+    quantity: int
+    status: SubscriptionStatus
+    timezone: str
+    anchor: date
+    trial_end: date | None
+    current_period_start: date | None
+    current_period_end: date | None
+    next_billing_at: datetime | None
+    cancel_at_period_end: bool
+    canceled_at: datetime | None
+    payment_method_id: str
+
+
+class AuditEntry(BaseModel):
+    """One audited transition or action."""
+
+    event_key: str  # unique: makes the write idempotent
+    subscription_id: str
+    action: str
+    from_status: str | None
+    to_status: str | None
+    actor: str
+    channel: str
+    request_id: str | None = None
+    reason: str | None = None
+    details: dict[str, str] = Field(default_factory=dict)
+    occurred_at: datetime
+
+
+class TransitionRecord(BaseModel):
+    """An audit entry and the subscription row after it, written in one transaction."""
+
+    snapshot: SubscriptionSnapshot
+    audit: AuditEntry
+
+
+class InvoiceDraft(BaseModel):
+    """An invoice the workflow composed; the store writes it once (keyed by ``invoice_id``)."""
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    period_index: int
+    period_start: date
+    period_end: date
+    currency: str
+    lines: list[InvoiceLine]
+    subtotal_minor: int
+    credit_applied_minor: int
+    total_minor: int
+    issued_at: datetime
+
+
+class ChargeRequest(BaseModel):
+    """Charge one invoice once: the idempotency key names the attempt."""
+
+    idempotency_key: str
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    gateway_customer_id: str
+    payment_method_id: str
+    amount_minor: int
+    currency: str
+    attempt: int = 0
+    description: str | None = None
+
+
+class ChargeResult(BaseModel):
+    """Outcome of a charge attempt. Declines are results, not exceptions."""
+
+    idempotency_key: str
+    status: str  # succeeded | declined | processing
+    intent_id: str | None
+    amount_minor: int
+    currency: str
+    decline_code: str | None = None
+    decline_category: str | None = None
+    message: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+class InvoiceSettlement(BaseModel):
+    invoice_id: str
+    status: str  # paid | uncollectible | void
+    payment_intent_id: str | None = None
+
+
+class Notification(BaseModel):
+    """A customer notice put in the outbox (delivery channels come later)."""
+
+    key: str  # unique: makes the write idempotent
+    subscription_id: str
+    customer_id: str
+    kind: str  # upcoming_charge | trial_ending | payment_failed | canceled
+    scheduled_for: datetime
+    data: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,106 @@
+"""Configuration: read once in an entry point and passed down.
+
+Sources, later wins: built-in defaults, the YAML file (``OMS_CONFIG`` or ``./temporal-dev.yaml`` if
+present), then environment variables. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+DEFAULT_SEARCH_ATTRIBUTES = {
+    "CustomerId": "Keyword",
+    "PlanId": "Keyword",
+    "SubscriptionStatus": "Keyword",
+    "NextBillingAt": "Datetime",
+}
+
+
+class TemporalConfig(BaseModel):
+    address: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    task_queue: str = "oms"
+    ui_port: int = 8233
+    db_filename: str = ".oms/temporal.db"
+    search_attributes: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_SEARCH_ATTRIBUTES)
+    )
+
+
+class DatabaseConfig(BaseModel):
+    url: str = "sqlite:///.oms/oms.db"
+
+
+class GatewayConfig(BaseModel):
+    api_base: str | None = None
+    api_key: str | None = None
+    localstripe_port: int = 8420
+    localstripe_state: str = ".oms/localstripe.pickle"
+
+
+class ApiConfig(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+class BillingConfig(BaseModel):
+    upcoming_notice_days: int = 3
+    default_timezone: str = "UTC"
+
+
+class Config(BaseModel):
+    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    billing: BillingConfig = Field(default_factory=BillingConfig)
+
+
+# env var -> (section, key)
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "OMS_TEMPORAL_ADDRESS": ("temporal", "address"),
+    "OMS_TEMPORAL_NAMESPACE": ("temporal", "namespace"),
+    "OMS_TASK_QUEUE": ("temporal", "task_queue"),
+    "OMS_TEMPORAL_UI_PORT": ("temporal", "ui_port"),
+    "OMS_TEMPORAL_DB": ("temporal", "db_filename"),
+    "OMS_DATABASE_URL": ("database", "url"),
+    "OMS_STRIPE_API_BASE": ("gateway", "api_base"),
+    "OMS_STRIPE_API_KEY": ("gateway", "api_key"),
+    "OMS_LOCALSTRIPE_PORT": ("gateway", "localstripe_port"),
+    "OMS_API_HOST": ("api", "host"),
+    "OMS_API_PORT": ("api", "port"),
+    "OMS_UPCOMING_NOTICE_DAYS": ("billing", "upcoming_notice_days"),
+    "OMS_DEFAULT_TIMEZONE": ("billing", "default_timezone"),
+}
+
+
+def load_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Build the configuration from file and environment.
+
+    Args:
+        path: YAML file; defaults to ``$OMS_CONFIG`` or ``./temporal-dev.yaml`` when it exists.
+        env: the environment to read (defaults to ``os.environ``).
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    candidate = path or env.get("OMS_CONFIG")
+    if candidate is None and Path("temporal-dev.yaml").exists():
+        candidate = "temporal-dev.yaml"
+    if candidate is not None:
+        loaded = yaml.safe_load(Path(candidate).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {candidate} must hold a mapping")
+        data = loaded
+    for var, (section, key) in ENV_OVERRIDES.items():
+        if var in env:
+            value = env[var]
+            data.setdefault(section, {})[key] = None if value == "" else value
+    return Config.model_validate(data)
