@@ -65,6 +65,9 @@ class SubscriptionState(BaseModel):
     gateway_customer_id: str | None = None
     notice_days: int = 3
     created_by: Actor = Field(default_factory=Actor)
+    # Mirror status and dates into search attributes (off only on the time-skipping test
+    # server, which has no visibility store).
+    search_attributes: bool = True
 
     status: SubscriptionStatus = SubscriptionStatus.incomplete
     period_index: int = 0  # the next period to bill

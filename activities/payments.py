@@ -1,0 +1,149 @@
+"""Payment activities: customers at the gateway and charges that move money exactly once.
+
+A charge is recorded in the database before any money moves, then a PaymentIntent is created
+(unconfirmed) and its id stored against the attempt's idempotency key, and only then confirmed.
+A retry at any point (seconds or days later, after a worker crash) finds the attempt by key and
+resumes it: it never creates a second confirmed PaymentIntent for the same key. This does not rely
+on the gateway's own idempotency window (24 h at Stripe; none at all in localstripe).
+"""
+
+from __future__ import annotations
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.gateway import IntentInfo, StripeGateway
+from activities.gateway_errors import gateway_call
+from activities.store import Store
+from activities.tables import Payment, utcnow
+from models.errors import OmsError
+from models.subscription import (
+    ChargeRequest,
+    ChargeResult,
+    ProvisionCustomer,
+    ProvisionedCustomer,
+)
+
+log = structlog.get_logger(__name__)
+
+FINAL_STATUSES = {"succeeded", "declined"}
+
+
+def _app_error(err: OmsError) -> ApplicationError:
+    return ApplicationError(err.message, type=err.code, non_retryable=True)
+
+
+class PaymentActivities:
+    """Activities that talk to the payment gateway (and record what they did)."""
+
+    def __init__(self, gateway: StripeGateway, store: Store) -> None:
+        self.gateway = gateway
+        self.store = store
+
+    @activity.defn(name="payments.provision_customer")
+    def provision_customer(self, req: ProvisionCustomer) -> ProvisionedCustomer:
+        """Create (once) the customer's record here and at the gateway; attach the card."""
+        try:
+            with gateway_call():
+                customer = self.store.upsert_customer(req.customer_id, req.email, req.timezone)
+                gateway_id = customer.gateway_customer_id
+                if gateway_id is None:
+                    gateway_id = self.gateway.create_customer(
+                        email=req.email,
+                        metadata={"customer_id": req.customer_id},
+                        idempotency_key=f"customer:{req.customer_id}",
+                    )
+                    self.store.set_gateway_customer(req.customer_id, gateway_id)
+                pm = self.gateway.retrieve_payment_method(req.payment_method_id)
+                if pm.customer_id != gateway_id:
+                    self.gateway.attach_payment_method(req.payment_method_id, gateway_id)
+        except OmsError as err:
+            raise _app_error(err) from err
+        return ProvisionedCustomer(
+            gateway_customer_id=gateway_id, card_brand=pm.brand, card_last4=pm.last4
+        )
+
+    @activity.defn(name="payments.charge")
+    def charge(self, req: ChargeRequest) -> ChargeResult:
+        """Charge one attempt of one invoice, exactly once whatever crashes or retries."""
+        key = req.idempotency_key
+        row = self.store.begin_payment(
+            Payment(
+                idempotency_key=key,
+                invoice_id=req.invoice_id,
+                subscription_id=req.subscription_id,
+                attempt=req.attempt,
+                amount_minor=req.amount_minor,
+                currency=req.currency,
+                status="pending",
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        if row.amount_minor != req.amount_minor or row.currency != req.currency:
+            raise ApplicationError(
+                f"attempt {key} was recorded for {row.amount_minor} {row.currency}",
+                type="IDEMPOTENCY_MISMATCH",
+                non_retryable=True,
+            )
+        if row.status in FINAL_STATUSES:
+            return _result_from_row(row)
+        with gateway_call():
+            intent_id = row.gateway_intent_id
+            if intent_id is None:
+                created = self.gateway.create_payment_intent(
+                    amount_minor=req.amount_minor,
+                    currency=req.currency,
+                    customer_id=req.gateway_customer_id,
+                    payment_method_id=req.payment_method_id,
+                    idempotency_key=key,
+                    metadata={
+                        "subscription_id": req.subscription_id,
+                        "invoice_id": req.invoice_id,
+                        "attempt": str(req.attempt),
+                    },
+                    description=req.description,
+                )
+                intent_id = created.id
+                # The intent id is durable before the confirm: a retry resumes this intent.
+                self.store.update_payment(key, gateway_intent_id=intent_id)
+            info = self.gateway.confirm_payment_intent(intent_id, idempotency_key=f"{key}:confirm")
+        return self._record_outcome(key, info)
+
+    def _record_outcome(self, key: str, info: IntentInfo) -> ChargeResult:
+        if info.status == "succeeded":
+            row = self.store.update_payment(key, status="succeeded")
+        elif info.decline is not None:
+            row = self.store.update_payment(
+                key,
+                status="declined",
+                decline_code=info.decline.decline_code or info.decline.code,
+                decline_category=info.decline.category.value,
+                failure_message=info.decline.message[:500],
+            )
+        else:
+            row = self.store.update_payment(key, status="processing")
+        log.info(
+            "payment.attempt",
+            idempotency_key=key,
+            intent_id=info.id,
+            status=row.status,
+            amount_minor=row.amount_minor,
+            currency=row.currency,
+            decline_code=row.decline_code,
+        )
+        return _result_from_row(row)
+
+
+def _result_from_row(row: Payment) -> ChargeResult:
+    return ChargeResult(
+        idempotency_key=row.idempotency_key,
+        status=row.status,
+        intent_id=row.gateway_intent_id,
+        amount_minor=row.amount_minor,
+        currency=row.currency,
+        decline_code=row.decline_code,
+        decline_category=row.decline_category,
+        message=row.failure_message,
+    )

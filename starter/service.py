@@ -1,0 +1,319 @@
+"""Operations shared by the CLI and the HTTP API: validate, then talk to Temporal (and read views).
+
+Writes go through the subscription's workflow only (update-with-start, updates). Lists and
+invoices are read from the database projections the activities keep current.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.store import Store
+from models import search_attributes as sa
+from models.calendar import local_date, validate_timezone
+from models.catalog import Catalog
+from models.errors import ErrorCode, OmsError
+from models.ids import (
+    customer_id_for_email,
+    is_valid_id,
+    subscription_id_for_request,
+    subscription_workflow_id,
+)
+from models.subscription import (
+    Actor,
+    CancelRequest,
+    CancelResult,
+    StartRequest,
+    StartResult,
+    SubscriptionState,
+    SubscriptionStatus,
+    SubscriptionView,
+    Terms,
+    Timeline,
+    UncancelRequest,
+)
+from workflows.subscription import SubscriptionWorkflow
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+CARD_LIKE_RE = re.compile(r"^[\d\s-]{12,23}$")
+MAX_TRIAL_DAYS = 730
+UPDATE_TIMEOUT = timedelta(seconds=30)
+
+
+class SubscribeRequest(BaseModel):
+    """A request to create a subscription (API body, CLI options)."""
+
+    email: str
+    plan_id: str
+    interval: str = "monthly"
+    currency: str = "USD"
+    payment_method_id: str | None = None
+    trial_days: int | None = Field(default=None, description="defaults to the plan's trial")
+    quantity: int = 1
+    timezone: str | None = None
+    request_id: str | None = Field(default=None, description="idempotency key of the request")
+
+
+class OmsService:
+    """The system's operations, independent of how they are invoked."""
+
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        catalog: Catalog,
+        *,
+        task_queue: str,
+        default_timezone: str = "UTC",
+        notice_days: int = 3,
+        search_attributes: bool = True,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.catalog = catalog
+        self.task_queue = task_queue
+        self.default_timezone = default_timezone
+        self.notice_days = notice_days
+        self.search_attributes = search_attributes
+
+    # --- create ------------------------------------------------------------------------
+
+    def build_state(
+        self, req: SubscribeRequest, by: Actor, now: datetime | None = None
+    ) -> SubscriptionState:
+        """Validate a request against the catalog and policy; the workflow's initial state."""
+        email = req.email.strip()
+        if not EMAIL_RE.match(email):
+            raise OmsError(ErrorCode.INVALID_REQUEST, f"{req.email!r} is not an e-mail address")
+        plan = self.catalog.plan(req.plan_id)
+        price = plan.price(req.currency, req.interval)
+        pm = (req.payment_method_id or "").strip()
+        if not pm:
+            raise OmsError(
+                ErrorCode.PAYMENT_METHOD_REQUIRED,
+                "a payment method token (pm_...) is required; get one with `oms dev card` locally",
+            )
+        if CARD_LIKE_RE.match(pm):
+            raise OmsError(
+                ErrorCode.CARD_NUMBER_REFUSED,
+                "card numbers are never accepted; send the gateway's payment method token (pm_...)",
+            )
+        if not pm.startswith("pm_") or not is_valid_id(pm):
+            raise OmsError(
+                ErrorCode.PAYMENT_METHOD_INVALID, f"{pm!r} is not a payment method token (pm_...)"
+            )
+        if req.quantity < 1:
+            raise OmsError(ErrorCode.INVALID_REQUEST, "quantity must be at least 1")
+        trial_days = plan.trial_days if req.trial_days is None else req.trial_days
+        if not 0 <= trial_days <= MAX_TRIAL_DAYS:
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST, f"trial days must be between 0 and {MAX_TRIAL_DAYS}"
+            )
+        tz = req.timezone or self.default_timezone
+        try:
+            validate_timezone(tz)
+        except ValueError as err:
+            raise OmsError(ErrorCode.INVALID_TIMEZONE, str(err)) from None
+        request_id = req.request_id or uuid.uuid4().hex
+        if not is_valid_id(request_id):
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST,
+                "request_id must be 3-64 characters of letters, digits, '-' or '_'",
+            )
+        today = local_date(now or datetime.now(UTC), tz)
+        trial_end = today + timedelta(days=trial_days) if trial_days else None
+        return SubscriptionState(
+            subscription_id=subscription_id_for_request(request_id),
+            customer_id=customer_id_for_email(email),
+            email=email,
+            terms=Terms(
+                plan_id=plan.plan_id,
+                plan_name=plan.name,
+                interval=price.interval,
+                currency=price.currency,
+                unit_amount_minor=price.amount_minor,
+                quantity=req.quantity,
+            ),
+            timezone=tz,
+            start_date=today,
+            anchor=trial_end or today,
+            trial_end=trial_end,
+            payment_method_id=pm,
+            notice_days=self.notice_days,
+            search_attributes=self.search_attributes,
+            created_by=by.model_copy(update={"request_id": request_id}),
+        )
+
+    async def subscribe(
+        self, req: SubscribeRequest, by: Actor, now: datetime | None = None
+    ) -> StartResult:
+        """Create a subscription; returns once its workflow has accepted (or refused) it.
+
+        ``now`` fixes the start instant (tests on a virtual clock); default: the wall clock.
+        """
+        state = self.build_state(req, by, now)
+        request_id = state.created_by.request_id or ""
+        op = WithStartWorkflowOperation(
+            SubscriptionWorkflow.run,
+            state,
+            id=subscription_workflow_id(state.subscription_id),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(sa.CUSTOMER_ID, state.customer_id),
+                    SearchAttributePair(sa.PLAN_ID, state.terms.plan_id),
+                    SearchAttributePair(sa.SUBSCRIPTION_STATUS, state.status.value),
+                ]
+                if self.search_attributes
+                else []
+            ),
+        )
+        async with _temporal_errors(state.subscription_id):
+            return await self.client.execute_update_with_start_workflow(
+                SubscriptionWorkflow.start,
+                StartRequest(request_id=request_id),
+                start_workflow_operation=op,
+                id=f"start:{request_id}",
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    # --- reads -------------------------------------------------------------------------
+
+    async def status(self, subscription_id: str) -> SubscriptionView | dict[str, Any]:
+        """Live state from the workflow; the stored row when the workflow is gone."""
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        try:
+            return await handle.query(SubscriptionWorkflow.state)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise _unavailable(err) from err
+        row = self.store.get_subscription(subscription_id)
+        if row is None:
+            raise _not_found(subscription_id)
+        return row.model_dump(mode="json")
+
+    async def timeline(self, subscription_id: str) -> Timeline:
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        async with _temporal_errors(subscription_id):
+            return await handle.query(SubscriptionWorkflow.timeline)
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        customer_id: str | None = None,
+        plan_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in SubscriptionStatus.__members__:
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST,
+                f"unknown status {status!r}; use one of {', '.join(SubscriptionStatus)}",
+            )
+        rows = self.store.list_subscriptions(
+            status=status, customer_id=customer_id, plan_id=plan_id, limit=limit
+        )
+        return [{"subscription_id": r.id, **r.model_dump(mode="json", exclude={"id"})} for r in rows]
+
+    def invoices(self, subscription_id: str) -> list[dict[str, Any]]:
+        if self.store.get_subscription(subscription_id) is None:
+            raise _not_found(subscription_id)
+        out = []
+        for inv, lines in self.store.list_invoices(subscription_id):
+            item = {"invoice_id": inv.id, **inv.model_dump(mode="json", exclude={"id"})}
+            item["lines"] = [
+                line.model_dump(mode="json", exclude={"id", "invoice_id"}) for line in lines
+            ]
+            out.append(item)
+        return out
+
+    # --- changes -----------------------------------------------------------------------
+
+    async def cancel(self, subscription_id: str, at_period_end: bool, by: Actor) -> CancelResult:
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        async with _temporal_errors(subscription_id):
+            return await handle.execute_update(
+                SubscriptionWorkflow.cancel,
+                CancelRequest(at_period_end=at_period_end, by=by),
+                id=by.request_id,
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    async def uncancel(self, subscription_id: str, by: Actor) -> CancelResult:
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        async with _temporal_errors(subscription_id):
+            return await handle.execute_update(
+                SubscriptionWorkflow.uncancel,
+                UncancelRequest(by=by),
+                id=by.request_id,
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+
+class _temporal_errors:
+    """Map Temporal client failures to OmsError codes (async context manager)."""
+
+    def __init__(self, subscription_id: str) -> None:
+        self.subscription_id = subscription_id
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, WorkflowUpdateFailedError):
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.type:
+                try:
+                    code = ErrorCode(cause.type)
+                except ValueError:
+                    code = ErrorCode.INVALID_REQUEST
+                raise OmsError(code, cause.message) from exc
+            raise OmsError(ErrorCode.INVALID_REQUEST, str(exc.cause or exc)) from exc
+        if isinstance(exc, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise OmsError(
+                ErrorCode.TIMEOUT,
+                "the subscription did not answer in time; it may still complete, retry with the "
+                "same request id to get its result",
+            ) from exc
+        if isinstance(exc, RPCError):
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise _not_found(self.subscription_id) from exc
+            if exc.status == RPCStatusCode.ALREADY_EXISTS:
+                raise OmsError(
+                    ErrorCode.SUBSCRIPTION_EXISTS,
+                    f"subscription {self.subscription_id} already existed and has ended; "
+                    "use a new request id",
+                ) from exc
+            raise _unavailable(exc) from exc
+        return False
+
+
+def _not_found(subscription_id: str) -> OmsError:
+    return OmsError(ErrorCode.SUBSCRIPTION_NOT_FOUND, f"no subscription {subscription_id}")
+
+
+def _unavailable(err: RPCError) -> OmsError:
+    return OmsError(ErrorCode.TEMPORAL_UNAVAILABLE, f"Temporal is not reachable: {err.message}")

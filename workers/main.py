@@ -1,0 +1,118 @@
+"""The worker process: registers the workflows and activities with their dependencies.
+
+Usage: ``python -m workers.main`` (reads temporal-dev.yaml and OMS_* environment variables).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Engine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.db import create_db_engine
+from activities.gateway import StripeGateway
+from activities.payments import PaymentActivities
+from activities.store import Store, StoreActivities
+from workers.config import Config, load_config
+from workers.logs import configure_logging
+from workflows.subscription import SubscriptionWorkflow
+
+log = structlog.get_logger(__name__)
+
+WORKFLOWS: Sequence[type] = (SubscriptionWorkflow,)
+
+
+async def connect(config: Config) -> Client:
+    """A Temporal client with the project's data converter (the one place it is configured)."""
+    return await Client.connect(
+        config.temporal.address,
+        namespace=config.temporal.namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def make_gateway(config: Config) -> StripeGateway:
+    if not config.gateway.api_key:
+        raise SystemExit("error CONFIG: OMS_STRIPE_API_KEY is not set")
+    return StripeGateway(config.gateway.api_key, api_base=config.gateway.api_base)
+
+
+@dataclass
+class Dependencies:
+    """What activities need, built once per process."""
+
+    engine: Engine
+    gateway: StripeGateway
+
+    def activities(self) -> list[Any]:
+        store = Store(self.engine)
+        payments = PaymentActivities(self.gateway, store)
+        st = StoreActivities(store)
+        return [
+            payments.provision_customer,
+            payments.charge,
+            st.record_transition,
+            st.write_invoice,
+            st.settle_invoice,
+            st.enqueue_notification,
+        ]
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    deps: Dependencies,
+    executor: ThreadPoolExecutor,
+    **options: Any,
+) -> Worker:
+    """The worker with every workflow and activity registered."""
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=20))
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=deps.activities(),
+        activity_executor=executor,
+        **options,
+    )
+
+
+async def run(config: Config) -> None:
+    client = await connect(config)
+    deps = Dependencies(create_db_engine(config.database.url), make_gateway(config))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=32) as executor:
+        worker = build_worker(client, config.temporal.task_queue, deps, executor)
+        log.info(
+            "worker.started",
+            address=config.temporal.address,
+            namespace=config.temporal.namespace,
+            task_queue=config.temporal.task_queue,
+        )
+        async with worker:
+            await stop.wait()
+            log.info("worker.stopping")
+    deps.engine.dispose()
+    log.info("worker.stopped")
+
+
+def main() -> None:
+    configure_logging()
+    asyncio.run(run(load_config()))
+
+
+if __name__ == "__main__":
+    main()
