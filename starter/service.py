@@ -234,7 +234,9 @@ class OmsService:
         rows = self.store.list_subscriptions(
             status=status, customer_id=customer_id, plan_id=plan_id, limit=limit
         )
-        return [{"subscription_id": r.id, **r.model_dump(mode="json", exclude={"id"})} for r in rows]
+        return [
+            {"subscription_id": r.id, **r.model_dump(mode="json", exclude={"id"})} for r in rows
+        ]
 
     def invoices(self, subscription_id: str) -> list[dict[str, Any]]:
         if self.store.get_subscription(subscription_id) is None:

@@ -80,9 +80,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Build the configuration from file and environment.
 
     Args:

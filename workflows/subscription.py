@@ -577,15 +577,14 @@ class SubscriptionWorkflow:
                     events.append(
                         TimelineEvent(
                             at=notice_at,
-                            kind="trial_ending_notice" if key == "trial_ending" else
-                            "upcoming_charge_notice",
+                            kind="trial_ending_notice"
+                            if key == "trial_ending"
+                            else "upcoming_charge_notice",
                             description=f"notice of the {format_money(amount, currency)} charge",
                         )
                     )
                 if trialing and first:
-                    events.append(
-                        TimelineEvent(at=at, kind="trial_end", description="trial ends")
-                    )
+                    events.append(TimelineEvent(at=at, kind="trial_end", description="trial ends"))
                 events.append(
                     TimelineEvent(
                         at=at,

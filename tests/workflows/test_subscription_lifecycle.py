@@ -216,4 +216,3 @@ async def result_of_latest_run(
 
 def _notices(stack: Stack, sub: str) -> list[NotificationRow]:
     return list(stack.store.notifications(sub))
-

@@ -1,0 +1,396 @@
+"""The ``oms`` command line: operate subscriptions, inspect them, and run the local stack.
+
+Every command prints a readable table, or with ``--json`` one JSON document for scripts. Errors exit
+non-zero with ``error CODE: message`` on stderr (with ``--json``: ``{"error": {...}}`` on stdout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import date, datetime
+from enum import Enum
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from pydantic import BaseModel
+
+from models.catalog import default_catalog
+from models.errors import ErrorCode, OmsError
+from models.money import format_money
+from models.subscription import Actor
+from starter.context import open_service
+from starter.quote import app as quote_app
+from starter.service import OmsService, SubscribeRequest
+from workers.config import Config, load_config
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="Subscription OMS: subscriptions as long-lived Temporal workflows.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+dev_app = typer.Typer(
+    help="Local development helpers (never for production).", no_args_is_help=True
+)
+app.add_typer(dev_app, name="dev")
+app.add_typer(quote_app, name="quote")
+
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
+UNAVAILABLE = {
+    ErrorCode.TEMPORAL_UNAVAILABLE,
+    ErrorCode.GATEWAY_UNAVAILABLE,
+    ErrorCode.DATABASE_UNAVAILABLE,
+    ErrorCode.TIMEOUT,
+}
+
+
+# --- output helpers ---------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(_plain(value), indent=2, sort_keys=False))
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    typer.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def fail(err: OmsError, as_json: bool) -> NoReturn:
+    if as_json:
+        emit_json({"error": {"code": err.code.value, "message": err.message}})
+    else:
+        typer.echo(f"error {err.code.value}: {err.message}", err=True)
+    raise typer.Exit(3 if err.code in UNAVAILABLE else 2)
+
+
+def run_service(
+    as_json: bool, action: Callable[[OmsService], Awaitable[T]], config: Config | None = None
+) -> T:
+    """Run one async operation with a connected service, turning errors into exit codes."""
+
+    async def go() -> T:
+        async with open_service(config or load_config()) as service:
+            return await action(service)
+
+    try:
+        return asyncio.run(go())
+    except OmsError as err:
+        fail(err, as_json)
+
+
+def actor(as_: str | None, reason: str | None = None, request_id: str | None = None) -> Actor:
+    return Actor(actor=as_ or "cli", channel="cli", reason=reason, request_id=request_id)
+
+
+# --- commands ---------------------------------------------------------------------------
+
+
+@app.command()
+def catalog(as_json: bool = JsonOpt) -> None:
+    """Show the plans: tiers, features, prices per currency and interval, trial days."""
+    plans = default_catalog().plans
+    if as_json:
+        emit_json(
+            [
+                {
+                    "plan_id": p.plan_id,
+                    "name": p.name,
+                    "tier": p.tier,
+                    "kind": p.kind,
+                    "segment": p.segment,
+                    "description": p.description,
+                    "trial_days": p.trial_days,
+                    "features": p.features,
+                    "intervals": [i.value for i in p.intervals],
+                    "currencies": p.currencies,
+                    "prices": [pr.model_dump(mode="json") for pr in p.prices],
+                }
+                for p in plans
+            ]
+        )
+        return
+    rows = []
+    for p in plans:
+        prices = ", ".join(
+            f"{format_money(pr.amount_minor, pr.currency)}/{pr.interval.value}" for pr in p.prices
+        )
+        trial = f"{p.trial_days} days" if p.trial_days else "-"
+        rows.append([p.plan_id, p.name, p.tier, trial, prices])
+    table(rows, ["plan", "name", "tier", "trial", "prices"])
+    typer.echo("")
+    features = sorted({f for p in plans for f in p.features})
+    table(
+        [[f, *("x" if f in p.features else "" for p in plans)] for f in features],
+        ["feature", *(p.plan_id for p in plans)],
+    )
+
+
+@app.command()
+def subscribe(
+    email: str = typer.Option(..., help="Customer e-mail address."),
+    plan: str = typer.Option(..., help="Plan id (see `oms catalog`)."),
+    payment_method: str = typer.Option(
+        None, "--payment-method", help="Gateway payment method token (pm_...), never a card."
+    ),
+    interval: str = typer.Option("monthly", help="monthly, quarterly, yearly, weekly, ..."),
+    currency: str = typer.Option("USD", help="ISO 4217 currency the plan is sold in."),
+    trial_days: int = typer.Option(None, help="Trial length; defaults to the plan's."),
+    quantity: int = typer.Option(1, help="Seats or units."),
+    timezone: str = typer.Option(None, help="Billing time zone (IANA name); default UTC."),
+    request_id: str = typer.Option(None, help="Idempotency key: a retry returns the first result."),
+    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a subscription; waits until it is trialing, active or refused."""
+    req = SubscribeRequest(
+        email=email,
+        plan_id=plan,
+        interval=interval,
+        currency=currency,
+        payment_method_id=payment_method,
+        trial_days=trial_days,
+        quantity=quantity,
+        timezone=timezone,
+        request_id=request_id,
+    )
+    result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))
+    if as_json:
+        emit_json(result)
+        return
+    table(
+        [
+            ["subscription", result.subscription_id],
+            ["status", result.status.value],
+            ["plan", f"{result.plan_id} ({result.interval.value})"],
+            ["first invoice", result.first_invoice_date.isoformat()],
+            ["first charge", format_money(result.first_charge_minor, result.currency)],
+            ["trial ends", result.trial_end.isoformat() if result.trial_end else "-"],
+        ],
+        ["field", "value"],
+    )
+
+
+@app.command()
+def status(subscription_id: str, as_json: bool = JsonOpt) -> None:
+    """Show a subscription's live state."""
+    view = run_service(as_json, lambda s: s.status(subscription_id))
+    data = _plain(view)
+    if as_json:
+        emit_json(data)
+        return
+    table([[k, v] for k, v in data.items()], ["field", "value"])
+
+
+@app.command("list")
+def list_(
+    status: str = typer.Option(None, help="Only this status (active, trialing, past_due, ...)."),
+    customer: str = typer.Option(None, help="Only this customer id."),
+    plan: str = typer.Option(None, help="Only this plan id."),
+    limit: int = typer.Option(100, help="At most this many, newest first."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List subscriptions (from the database projection)."""
+
+    async def go(s: OmsService) -> list[dict[str, Any]]:
+        return s.list(status=status, customer_id=customer, plan_id=plan, limit=limit)
+
+    rows = run_service(as_json, go)
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        [
+            [
+                r["subscription_id"],
+                r["status"],
+                r["plan_id"],
+                r["interval"],
+                format_money(r["unit_amount_minor"] * r["quantity"], r["currency"]),
+                (r["next_billing_at"] or "-")[:16],
+                r["customer_id"],
+            ]
+            for r in rows
+        ],
+        ["subscription", "status", "plan", "interval", "price", "next billing (UTC)", "customer"],
+    )
+    typer.echo(f"{len(rows)} subscription(s)")
+
+
+@app.command()
+def timeline(subscription_id: str, as_json: bool = JsonOpt) -> None:
+    """Show the next scheduled events (notices, trial end, charges) with their instants."""
+    tl = run_service(as_json, lambda s: s.timeline(subscription_id))
+    if as_json:
+        emit_json(tl)
+        return
+    table(
+        [
+            [
+                e.at.isoformat(),
+                e.kind,
+                e.description,
+                format_money(e.amount_minor, e.currency)
+                if e.amount_minor is not None and e.currency
+                else "",
+            ]
+            for e in tl.events
+        ],
+        ["at (UTC)", "event", "description", "amount"],
+    )
+
+
+@app.command()
+def invoices(subscription_id: str, as_json: bool = JsonOpt) -> None:
+    """List a subscription's invoices with their lines."""
+
+    async def go(s: OmsService) -> list[dict[str, Any]]:
+        return s.invoices(subscription_id)
+
+    items = run_service(as_json, go)
+    if as_json:
+        emit_json(items)
+        return
+    rows = []
+    for inv in items:
+        rows.append(
+            [
+                inv["invoice_id"],
+                f"{inv['period_start']}..{inv['period_end']}",
+                inv["status"],
+                format_money(inv["total_minor"], inv["currency"]),
+            ]
+        )
+        for line in inv["lines"]:
+            rows.append(
+                [
+                    "",
+                    f"  {line['description']}",
+                    "",
+                    format_money(line["amount_minor"], line["currency"]),
+                ]
+            )
+    table(rows, ["invoice", "period", "status", "total"])
+
+
+@app.command()
+def cancel(
+    subscription_id: str,
+    now: bool = typer.Option(False, "--now", help="End service immediately."),
+    at_period_end: bool = typer.Option(
+        False, "--at-period-end", help="End when the current period ends (can be undone)."
+    ),
+    reason: str = typer.Option(None, help="Why (kept in the audit log)."),
+    request_id: str = typer.Option(None, help="Idempotency key of this request."),
+    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Cancel a subscription now or at the end of its period."""
+    if now == at_period_end:
+        fail(
+            OmsError(ErrorCode.INVALID_REQUEST, "choose exactly one of --now or --at-period-end"),
+            as_json,
+        )
+    by = actor(as_, reason, request_id)
+    result = run_service(as_json, lambda s: s.cancel(subscription_id, at_period_end, by))
+    if as_json:
+        emit_json(result)
+        return
+    when = "now" if not at_period_end else f"on {result.effective_date}"
+    typer.echo(f"{subscription_id}: {result.status.value}, cancellation {when}")
+
+
+@app.command()
+def uncancel(
+    subscription_id: str,
+    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Withdraw a period-end cancellation before it takes effect."""
+    result = run_service(as_json, lambda s: s.uncancel(subscription_id, actor(as_)))
+    if as_json:
+        emit_json(result)
+        return
+    typer.echo(f"{subscription_id}: {result.status.value}, no cancellation scheduled")
+
+
+@dev_app.command("card")
+def dev_card(
+    number: str = typer.Argument(..., help="A test card number, e.g. 4242424242424242."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Tokenize a TEST card at the local gateway and print its pm_... id (refuses live keys)."""
+    from activities.gateway import StripeGateway
+
+    config = load_config()
+    key = config.gateway.api_key
+    if not key:
+        fail(OmsError(ErrorCode.LIVE_KEY_REFUSED, "no gateway key configured"), as_json)
+    try:
+        pm = StripeGateway(key, api_base=config.gateway.api_base).create_test_payment_method(number)
+    except OmsError as err:
+        fail(err, as_json)
+    except Exception as err:  # the gateway is down: say so without a traceback
+        fail(OmsError(ErrorCode.GATEWAY_UNAVAILABLE, f"gateway error: {err}"), as_json)
+    if as_json:
+        emit_json({"payment_method_id": pm})
+    else:
+        typer.echo(pm)
+
+
+@dev_app.command("up")
+def dev_up() -> None:
+    """Run the whole local stack (Temporal + Web UI, localstripe, worker, API)."""
+    from starter.devstack import run
+
+    raise typer.Exit(run(load_config()))
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker (the same as `python -m workers.main`)."""
+    from workers.main import main as worker_main
+
+    worker_main()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations (the same as `python -m workers.migrate`)."""
+    from workers.migrate import main as migrate_main
+
+    raise typer.Exit(migrate_main([]))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
