@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): the same operations as the CLI. OpenAPI docs at ``/docs``.
 
-Usage: ``python -m starter.api`` (host and port from temporal-dev.yaml / OMS_API_HOST, OMS_API_PORT).
+Usage: ``python -m starter.api`` (host and port: temporal-dev.yaml, OMS_API_HOST, OMS_API_PORT).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""structlog set-up: key/value JSON (or console) logs with Temporal's workflow/activity ids merged in."""
+"""structlog set-up: key/value logs with Temporal's workflow and activity ids merged in."""
 
 from __future__ import annotations
 
