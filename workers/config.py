@@ -73,6 +73,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OMS_STRIPE_API_BASE": ("gateway", "api_base"),
     "OMS_STRIPE_API_KEY": ("gateway", "api_key"),
     "OMS_LOCALSTRIPE_PORT": ("gateway", "localstripe_port"),
+    "OMS_LOCALSTRIPE_STATE": ("gateway", "localstripe_state"),
     "OMS_API_HOST": ("api", "host"),
     "OMS_API_PORT": ("api", "port"),
     "OMS_UPCOMING_NOTICE_DAYS": ("billing", "upcoming_notice_days"),

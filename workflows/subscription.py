@@ -597,7 +597,7 @@ class SubscriptionWorkflow:
         return Timeline(subscription_id=st.subscription_id, status=st.status, events=events)
 
 
-_START_ERRORS = {
+_START_ERRORS: dict[str, str] = {
     ErrorCode.PAYMENT_DECLINED: "the first payment was declined; use another payment method",
     ErrorCode.PAYMENT_METHOD_INVALID: "the payment method is not usable; tokenize the card again",
 }
