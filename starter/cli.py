@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date, datetime
@@ -25,6 +26,7 @@ from starter.context import open_service
 from starter.quote import app as quote_app
 from starter.service import OmsService, SubscribeRequest
 from workers.config import Config, load_config
+from workers.logs import configure_logging
 
 T = TypeVar("T")
 
@@ -386,6 +388,8 @@ def migrate() -> None:
 
 
 def main() -> None:
+    # stdout is the command's own output; library logs go to stderr, warnings and up only.
+    configure_logging(level=os.environ.get("OMS_LOG_LEVEL", "WARNING"), json=False)
     try:
         app()
     except KeyboardInterrupt:

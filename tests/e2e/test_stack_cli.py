@@ -1,0 +1,222 @@
+"""End to end: the `make dev` stack (its launcher) on free ports, driven through `oms` and the API.
+
+Real parts all the way: the temporal CLI dev server with search attributes, localstripe, the
+worker and the API as separate processes, SQLite (or PostgreSQL in CI) as the system of record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.procs import ROOT, free_port
+
+pytestmark = pytest.mark.e2e
+
+OMS = [sys.executable, "-m", "starter.cli"]
+STARTUP_TIMEOUT = 120
+
+
+@dataclass
+class RunningStack:
+    env: dict[str, str]
+    api: str
+    temporal: str
+    output: list[str]
+
+    def oms(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [*OMS, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"oms {' '.join(args)} failed: {proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def oms_json(self, *args: str) -> Any:
+        return json.loads(self.oms(*args, "--json").stdout)
+
+
+@pytest.fixture(scope="module")
+def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    state = tmp_path_factory.mktemp("oms-state")
+    db_url = os.environ.get("OMS_TEST_E2E_DATABASE_URL") or f"sqlite:///{state / 'oms.db'}"
+    ports = {name: free_port() for name in ("grpc", "ui", "stripe", "api")}
+    env = {
+        **os.environ,
+        "OMS_CONFIG": str(ROOT / "temporal-dev.yaml"),
+        "OMS_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['grpc']}",
+        "OMS_TEMPORAL_UI_PORT": str(ports["ui"]),
+        "OMS_TEMPORAL_DB": str(state / "temporal.db"),
+        "OMS_LOCALSTRIPE_PORT": str(ports["stripe"]),
+        "OMS_LOCALSTRIPE_STATE": str(state / "localstripe.pickle"),
+        "OMS_STRIPE_API_BASE": f"http://127.0.0.1:{ports['stripe']}",
+        "OMS_API_PORT": str(ports["api"]),
+        "OMS_DATABASE_URL": db_url,
+        "NO_COLOR": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "starter.devstack"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    output: list[str] = []
+    up = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line.rstrip("\n"))
+            if "dev stack is up" in line:
+                up.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        if not up.wait(STARTUP_TIMEOUT):
+            raise AssertionError("stack did not come up:\n" + "\n".join(output[-60:]))
+        yield RunningStack(
+            env=env,
+            api=f"http://127.0.0.1:{ports['api']}",
+            temporal=f"127.0.0.1:{ports['grpc']}",
+            output=output,
+        )
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_subscribe_through_the_cli_shows_in_list_api_and_temporal_visibility(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack
+    plans = stack.oms_json("catalog")
+    pro = next(p for p in plans if p["plan_id"] == "pro")
+    assert "monthly" in pro["intervals"] and pro["prices"]
+
+    pm = stack.oms("dev", "card", "4242424242424242").stdout.strip()
+    assert pm.startswith("pm_")
+
+    created = stack.oms_json(
+        "subscribe",
+        "--email",
+        "e2e@example.com",
+        "--plan",
+        "pro",
+        "--interval",
+        "monthly",
+        "--payment-method",
+        pm,
+        "--currency",
+        "USD",
+        "--trial-days",
+        "0",
+    )
+    sub = created["subscription_id"]
+    assert created["status"] == "active"
+    assert created["first_charge_minor"] == 3000 and created["currency"] == "USD"
+
+    listed = stack.oms_json("list")
+    assert {"subscription_id": sub, "status": "active", "plan_id": "pro"}.items() <= next(
+        r for r in listed if r["subscription_id"] == sub
+    ).items()
+    status = stack.oms_json("status", sub)
+    assert status["status"] == "active" and status["period_index"] == 1
+    invoices = stack.oms_json("invoices", sub)
+    assert [i["total_minor"] for i in invoices] == [3000]
+    timeline = stack.oms_json("timeline", sub)
+    assert [e["kind"] for e in timeline["events"]][:2] == ["upcoming_charge_notice", "renewal"]
+
+    api = httpx.get(f"{stack.api}/subscriptions/{sub}", timeout=10)
+    assert api.status_code == 200 and api.json()["status"] == "active"
+    health = httpx.get(f"{stack.api}/health", timeout=10).json()
+    assert health["ok"], health
+
+    # The Web UI lists it by its search attributes (visibility is eventually consistent).
+    # Every run of the continue-as-new chain carries the attributes: ask for the live one.
+    query = (
+        f"CustomerId='{created['customer_id']}' AND SubscriptionStatus='active' "
+        "AND PlanId='pro' AND ExecutionStatus='Running'"
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        found = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "temporal"),
+                "workflow",
+                "list",
+                "--address",
+                stack.temporal,
+                "--query",
+                query,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        rows = json.loads(found.stdout or "[]") if found.returncode == 0 else []
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert [r["execution"]["workflowId"] for r in rows] == [f"subscription:{sub}"]
+
+    scheduled = stack.oms_json("cancel", sub, "--at-period-end")
+    assert scheduled["cancel_at_period_end"] is True
+    assert stack.oms_json("uncancel", sub)["cancel_at_period_end"] is False
+    assert stack.oms_json("cancel", sub, "--now")["status"] == "canceled"
+
+
+def test_cli_errors_exit_non_zero_with_code_on_stderr_or_in_json(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack
+    bad = stack.oms(
+        "subscribe",
+        "--email",
+        "x@example.com",
+        "--plan",
+        "gold",
+        "--payment-method",
+        "pm_abc123",
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("error UNKNOWN_PLAN:")
+    as_json = stack.oms(
+        "subscribe",
+        "--email",
+        "x@example.com",
+        "--plan",
+        "pro",
+        "--payment-method",
+        "4242424242424242",
+        "--json",
+        check=False,
+    )
+    assert as_json.returncode != 0
+    assert json.loads(as_json.stdout)["error"]["code"] == "CARD_NUMBER_REFUSED"
+    missing = stack.oms("status", "sub_nothere0", check=False)
+    assert missing.returncode != 0 and "SUBSCRIPTION_NOT_FOUND" in missing.stderr
+    card = stack.oms("dev", "card", "1234", check=False)
+    assert card.returncode != 0 and card.stderr.startswith("error INVALID_REQUEST")
