@@ -59,8 +59,12 @@ class SubscriptionState(BaseModel):
     terms: Terms
     timezone: str = "UTC"
     start_date: date
-    anchor: date  # B_0: billing dates are derived from it (trial end when there is a trial)
+    anchor: date  # A: billing dates B_n derive from it (trial end when there is a trial)
     trial_end: date | None = None
+    # First day of paid service when it falls inside a period (aligned to an anchor day the
+    # subscription did not start on): that period is billed as a leading prorated piece.
+    billing_start: date | None = None
+    first_period_index: int = 0
     payment_method_id: str
     gateway_customer_id: str | None = None
     notice_days: int = 3
@@ -132,6 +136,9 @@ class StartRequest(BaseModel):
     """The update that confirms a new subscription (sent with update-with-start)."""
 
     request_id: str
+    # True: answer once the first payment is settled (or the trial started); False: answer as
+    # soon as the workflow has accepted the subscription (order intake's latency budget).
+    wait_for_payment: bool = True
 
 
 class StartResult(BaseModel):

@@ -163,6 +163,9 @@ def subscribe(
     trial_days: int = typer.Option(None, help="Trial length; defaults to the plan's."),
     quantity: int = typer.Option(1, help="Seats or units."),
     timezone: str = typer.Option(None, help="Billing time zone (IANA name); default UTC."),
+    anchor_day: int = typer.Option(
+        None, help="Bill on this day of the month; the first period is prorated."
+    ),
     request_id: str = typer.Option(None, help="Idempotency key: a retry returns the first result."),
     as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
@@ -177,6 +180,7 @@ def subscribe(
         trial_days=trial_days,
         quantity=quantity,
         timezone=timezone,
+        anchor_day=anchor_day,
         request_id=request_id,
     )
     result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))

@@ -29,7 +29,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.store import Store
 from models import search_attributes as sa
-from models.calendar import local_date, validate_timezone
+from models.calendar import (
+    first_billing,
+    local_date,
+    period_index_containing,
+    validate_timezone,
+)
 from models.catalog import Catalog
 from models.errors import ErrorCode, OmsError
 from models.ids import (
@@ -70,6 +75,10 @@ class SubscribeRequest(BaseModel):
     trial_days: int | None = Field(default=None, description="defaults to the plan's trial")
     quantity: int = 1
     timezone: str | None = None
+    anchor_day: int | None = Field(
+        default=None,
+        description="bill on this day of the month (1-31); the first period is prorated",
+    )
     request_id: str | None = Field(default=None, description="idempotency key of the request")
 
 
@@ -141,6 +150,19 @@ class OmsService:
             )
         today = local_date(now or datetime.now(UTC), tz)
         trial_end = today + timedelta(days=trial_days) if trial_days else None
+        service_start = trial_end or today
+        anchor, first_index = service_start, 0
+        if req.anchor_day is not None:
+            if price.interval.months is None:
+                raise OmsError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"an anchor day needs a month interval, not {price.interval.value}",
+                )
+            if not 1 <= req.anchor_day <= 31:
+                raise OmsError(ErrorCode.INVALID_REQUEST, "anchor day must be between 1 and 31")
+            first = first_billing(service_start, price.interval, req.anchor_day)
+            anchor = first.anchor
+            first_index = period_index_containing(anchor, price.interval, service_start)
         return SubscriptionState(
             subscription_id=subscription_id_for_request(request_id),
             customer_id=customer_id_for_email(email),
@@ -155,8 +177,11 @@ class OmsService:
             ),
             timezone=tz,
             start_date=today,
-            anchor=trial_end or today,
+            anchor=anchor,
             trial_end=trial_end,
+            billing_start=service_start,
+            period_index=first_index,
+            first_period_index=first_index,
             payment_method_id=pm,
             notice_days=self.notice_days,
             search_attributes=self.search_attributes,
@@ -164,11 +189,20 @@ class OmsService:
         )
 
     async def subscribe(
-        self, req: SubscribeRequest, by: Actor, now: datetime | None = None
+        self,
+        req: SubscribeRequest,
+        by: Actor,
+        now: datetime | None = None,
+        wait_for_payment: bool = True,
     ) -> StartResult:
         """Create a subscription; returns once its workflow has accepted (or refused) it.
 
-        ``now`` fixes the start instant (tests on a virtual clock); default: the wall clock.
+        Args:
+            req: the request (validated here against the catalog first).
+            by: who asks, through which channel (audited).
+            now: the start instant (tests on a virtual clock); default: the wall clock.
+            wait_for_payment: answer after the first payment (or trial start) is settled; False
+                answers as soon as the workflow has accepted the subscription.
         """
         state = self.build_state(req, by, now)
         request_id = state.created_by.request_id or ""
@@ -192,7 +226,7 @@ class OmsService:
         async with _temporal_errors(state.subscription_id):
             return await self.client.execute_update_with_start_workflow(
                 SubscriptionWorkflow.start,
-                StartRequest(request_id=request_id),
+                StartRequest(request_id=request_id, wait_for_payment=wait_for_payment),
                 start_workflow_operation=op,
                 id=f"start:{request_id}",
                 rpc_timeout=UPDATE_TIMEOUT,

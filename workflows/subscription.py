@@ -18,10 +18,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.payments import PaymentActivities
     from activities.store import StoreActivities
     from models import search_attributes as sa
-    from models.calendar import local_midnight_utc, period_bounds
+    from models.billing import billed_span, period_amount, period_lines
+    from models.calendar import local_midnight_utc
     from models.errors import ErrorCode
     from models.ids import invoice_id, payment_idempotency_key
-    from models.invoice import compose_invoice, period_charge_line
+    from models.invoice import compose_invoice
     from models.money import format_money
     from models.subscription import (
         Actor,
@@ -176,22 +177,25 @@ class SubscriptionWorkflow:
         """Invoice and charge period ``period_index``; True when it was paid."""
         st = self.st
         n = st.period_index
-        period = period_bounds(st.anchor, st.terms.interval, n)
-        line = period_charge_line(
+        span, period = billed_span(st.anchor, st.terms.interval, n, self._billing_start())
+        lines = period_lines(
+            anchor=st.anchor,
+            interval=st.terms.interval,
+            n=n,
+            billing_start=self._billing_start(),
             currency=st.terms.currency,
             unit_amount_minor=st.terms.unit_amount_minor,
             quantity=st.terms.quantity,
-            period=period,
             description=f"{st.terms.plan_name} ({st.terms.interval.value})",
         )
-        composed = compose_invoice(currency=st.terms.currency, lines=[line], account_credit_minor=0)
+        composed = compose_invoice(currency=st.terms.currency, lines=lines, account_credit_minor=0)
         draft = InvoiceDraft(
             invoice_id=invoice_id(st.subscription_id, n),
             subscription_id=st.subscription_id,
             customer_id=st.customer_id,
             period_index=n,
-            period_start=period[0],
-            period_end=period[1],
+            period_start=span[0],
+            period_end=span[1],
             currency=st.terms.currency,
             lines=composed.lines,
             subtotal_minor=composed.subtotal_minor,
@@ -266,7 +270,7 @@ class SubscriptionWorkflow:
             "decline_code": result.decline_code or "",
             "decline_category": result.decline_category or "",
         }
-        if self.st.period_index == 0 and self.st.trial_end is None:
+        if self.st.period_index == self.st.first_period_index and self.st.trial_end is None:
             # The very first payment failed: the subscription never starts.
             await workflow.execute_activity_method(
                 StoreActivities.settle_invoice,
@@ -326,9 +330,14 @@ class SubscriptionWorkflow:
     def _notify(self) -> None:
         self._wake = True
 
-    def _due_date(self) -> date:
-        """The local date of the next billing event (trial end is B_0)."""
-        return period_bounds(self.st.anchor, self.st.terms.interval, self.st.period_index)[0]
+    def _billing_start(self) -> date:
+        return self.st.billing_start or self.st.anchor
+
+    def _due_date(self, n: int | None = None) -> date:
+        """The local date period ``n`` (default: the next) is billed on."""
+        index = self.st.period_index if n is None else n
+        span, _ = billed_span(self.st.anchor, self.st.terms.interval, index, self._billing_start())
+        return span[0]
 
     def _due_at(self) -> datetime:
         return local_midnight_utc(self._due_date(), self.st.timezone)
@@ -338,16 +347,28 @@ class SubscriptionWorkflow:
             return "trial_ending"
         return f"upcoming:{self.st.period_index}"
 
-    def _period_amount(self) -> int:
-        return self.st.terms.unit_amount_minor * self.st.terms.quantity
+    def _period_amount(self, n: int | None = None) -> int:
+        st = self.st
+        return period_amount(
+            anchor=st.anchor,
+            interval=st.terms.interval,
+            n=st.period_index if n is None else n,
+            billing_start=self._billing_start(),
+            currency=st.terms.currency,
+            unit_amount_minor=st.terms.unit_amount_minor,
+            quantity=st.terms.quantity,
+        )
 
     def _current_period(self) -> tuple[date, date] | None:
         st = self.st
         if st.status == Status.trialing and st.trial_end is not None:
             return (st.start_date, st.trial_end)
-        if st.period_index == 0:
+        if st.period_index == st.first_period_index:
             return None
-        return period_bounds(st.anchor, st.terms.interval, st.period_index - 1)
+        span, _ = billed_span(
+            st.anchor, st.terms.interval, st.period_index - 1, self._billing_start()
+        )
+        return span
 
     def _next_billing_at(self) -> datetime | None:
         if self.st.status.is_terminal or self.st.cancel_at_period_end:
@@ -431,7 +452,7 @@ class SubscriptionWorkflow:
     @workflow.update
     async def start(self, req: StartRequest) -> StartResult:
         """Confirm creation: answers once the subscription is trialing, active or refused."""
-        await workflow.wait_condition(lambda: self._start_settled)
+        await workflow.wait_condition(lambda: self._start_settled or not req.wait_for_payment)
         st = self.st
         if st.first_charge_error is not None:
             raise ApplicationError(
@@ -446,8 +467,8 @@ class SubscriptionWorkflow:
             status=st.status,
             plan_id=st.terms.plan_id,
             interval=st.terms.interval,
-            first_invoice_date=st.anchor,
-            first_charge_minor=self._period_amount(),
+            first_invoice_date=self._due_date(st.first_period_index),
+            first_charge_minor=self._period_amount(st.first_period_index),
             currency=st.terms.currency,
             trial_end=st.trial_end,
         )
@@ -556,13 +577,12 @@ class SubscriptionWorkflow:
         st = self.st
         events: list[TimelineEvent] = []
         if not st.status.is_terminal and st.status != Status.past_due:
-            amount = self._period_amount()
             currency = st.terms.currency
             trialing = st.status == Status.trialing
             for i in range(TIMELINE_RENEWALS):
                 n = st.period_index + i
-                day = period_bounds(st.anchor, st.terms.interval, n)[0]
-                at = local_midnight_utc(day, st.timezone)
+                amount = self._period_amount(n)
+                at = local_midnight_utc(self._due_date(n), st.timezone)
                 if st.cancel_at_period_end:
                     events.append(
                         TimelineEvent(
@@ -588,7 +608,7 @@ class SubscriptionWorkflow:
                 events.append(
                     TimelineEvent(
                         at=at,
-                        kind="renewal" if n > 0 else "first_charge",
+                        kind="renewal" if n > st.first_period_index else "first_charge",
                         description=f"invoice period {n} and charge",
                         amount_minor=amount,
                         currency=currency,

@@ -216,3 +216,43 @@ async def result_of_latest_run(
 
 def _notices(stack: Stack, sub: str) -> list[NotificationRow]:
     return list(stack.store.notifications(sub))
+
+
+async def test_anchor_day_bills_a_leading_prorated_piece_then_full_periods_on_that_day(
+    stack: Stack,
+) -> None:
+    # Start 2027-04-11 aligned to the 1st: the first invoice covers Apr 11..May 1 (20/30 days).
+    await skip_to(stack, datetime(2027, 4, 11, 8, tzinfo=UTC))
+    pm = stack.gateway.create_test_payment_method(OK_CARD)
+    started = await stack.service.subscribe(
+        SubscribeRequest(
+            email="al@example.com", plan_id="pro", payment_method_id=pm, trial_days=0, anchor_day=1
+        ),
+        CLI,
+        now=await stack.now(),
+    )
+    assert started.first_invoice_date == date(2027, 4, 11)
+    assert started.first_charge_minor == 2000  # 30.00 * 20/30, rounded once
+    await skip_to(stack, datetime(2027, 6, 2, tzinfo=UTC))
+    invoices = stack.store.list_invoices(started.subscription_id)
+    assert [(i.period_start, i.period_end, i.total_minor) for i, _ in invoices] == [
+        (date(2027, 4, 11), date(2027, 5, 1), 2000),
+        (date(2027, 5, 1), date(2027, 6, 1), 3000),
+        (date(2027, 6, 1), date(2027, 7, 1), 3000),
+    ]
+    assert invoices[0][1][0].kind == "proration_charge"
+
+
+async def test_accept_only_start_answers_before_the_first_payment_settles(stack: Stack) -> None:
+    pm = stack.gateway.create_test_payment_method(OK_CARD)
+    started = await stack.service.subscribe(
+        SubscribeRequest(email="fa@example.com", plan_id="starter", payment_method_id=pm),
+        CLI,
+        now=await stack.now(),
+        wait_for_payment=False,
+    )
+    assert started.status == SubscriptionStatus.incomplete
+    assert started.first_charge_minor == 900
+    await stack.env.sleep(timedelta(seconds=5))
+    view = await stack.service.status(started.subscription_id)
+    assert not isinstance(view, dict) and view.status == SubscriptionStatus.active

@@ -1,0 +1,271 @@
+"""Kill the worker while a renewal charge is in flight: the money still moves exactly once.
+
+Everything is real: a ``temporal server start-dev`` (real time), localstripe, the database, and
+the production worker (``build_worker``/``Dependencies``) in a subprocess
+(``tests.support.crash_worker``). The only test double is a fault layered on the real gateway:
+right after the renewal's confirm succeeded at the gateway, the activity thread writes a marker
+file and hangs, so the payment row is still ``pending`` and the activity has not completed. The
+test then SIGKILLs that worker and starts a clean one.
+
+To get a *renewal* charge without waiting a month, the subscription starts 40 days in the past
+(``OmsService.subscribe(now=...)``): period 0 and period 1 are both due, so the workflow charges
+period 0, continues as new and charges period 1 at once. Nothing is mocked in between.
+
+Recovery time is set by the charge activity's ``start_to_close_timeout`` (``GATEWAY_TIMEOUT`` in
+workflows/subscription.py, 60 s): with no heartbeat the server only notices the dead attempt when
+it times out, then retries it on the new worker. So this test takes a little over a minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+from temporalio.testing import WorkflowEnvironment
+
+from activities.gateway import METADATA_IDEMPOTENCY_KEY, StripeGateway
+from activities.store import Store
+from models import search_attributes
+from models.catalog import default_catalog
+from models.ids import invoice_id, payment_idempotency_key, subscription_workflow_id
+from models.subscription import Actor, SubscriptionStatus
+from starter.service import OmsService, SubscribeRequest
+from tests.support.crash_worker import KEY_FILTER_ENV, MARKER_ENV
+from workers.servers import start_dev_server
+from workflows.subscription import GATEWAY_TIMEOUT, SubscriptionWorkflow
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "sk_test_oms_crash"
+VISA = "4242424242424242"
+STARTED_DAYS_AGO = 40  # period 1 (the first renewal) is due too: between 28 and 31 days later
+# Server-side timeout of the dead attempt, the retry backoff and a worker start, with margin.
+RECOVERY_TIMEOUT_S = GATEWAY_TIMEOUT.total_seconds() + 60
+
+
+@dataclass
+class Workers:
+    """Worker subprocesses of one test; every one is killed when the test ends."""
+
+    tmp: Path
+    address: str
+    namespace: str
+    task_queue: str
+    db_url: str
+    gateway_url: str
+    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+
+    async def start(self, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start ``tests.support.crash_worker`` with ``env`` added; wait until it polls."""
+        ready = self.tmp / f"{name}.ready"
+        log_path = self.tmp / f"{name}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.support.crash_worker",
+            "--address",
+            self.address,
+            "--namespace",
+            self.namespace,
+            "--task-queue",
+            self.task_queue,
+            "--database-url",
+            self.db_url,
+            "--stripe-api-base",
+            self.gateway_url,
+            "--stripe-api-key",
+            API_KEY,
+            "--ready-file",
+            str(ready),
+        ]
+        clean = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, KEY_FILTER_ENV)}
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env={**clean, **env}, stdout=log_file, stderr=subprocess.STDOUT
+            )
+        self.procs.append((proc, log_path))
+        await wait_until(ready.exists, 30, f"worker {name} to start", self)
+        return proc
+
+    def check_alive(self) -> None:
+        """Fail with the worker's log when a worker that should run has exited."""
+        for proc, log_path in self.procs:
+            if proc.returncode is None and proc.poll() is not None:
+                pytest.fail(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for _, p in self.procs)
+
+    def kill_all(self) -> None:
+        for proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, workers: Workers
+) -> None:
+    """Poll ``predicate`` until true; fail with the workers' logs (or exit) on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        workers.check_alive()
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}\n{workers.logs()}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    """A real-time ``temporal server start-dev`` with our search attributes registered."""
+    env = await start_dev_server(search_attributes=search_attributes.ALL)
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+async def test_worker_killed_after_the_renewal_confirm_leaves_exactly_one_payment_for_the_period(
+    dev_server: WorkflowEnvironment,
+    engine: Engine,
+    db_url: str,
+    localstripe_url: str,
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    client = dev_server.client
+    store = Store(engine)
+    gateway = StripeGateway(API_KEY, api_base=localstripe_url, max_network_retries=0)
+    task_queue = f"crash-{uuid.uuid4().hex[:8]}"
+    service = OmsService(client, store, default_catalog(), task_queue=task_queue)
+    marker = tmp_path / "confirmed.json"
+
+    workers = Workers(
+        tmp=tmp_path,
+        address=client.service_client.config.target_host,
+        namespace=client.namespace,
+        task_queue=task_queue,
+        db_url=db_url,
+        gateway_url=localstripe_url,
+    )
+    try:
+        first = await workers.start(
+            "worker-1", {MARKER_ENV: str(marker), KEY_FILTER_ENV: ":period-1:"}
+        )
+
+        pm = gateway.create_test_payment_method(VISA)
+        result = await service.subscribe(
+            SubscribeRequest(
+                email=f"{uuid.uuid4().hex[:8]}@example.com",
+                plan_id="starter",
+                payment_method_id=pm,
+                trial_days=0,
+            ),
+            Actor(actor="crash-test", channel="cli"),
+            now=datetime.now(UTC) - timedelta(days=STARTED_DAYS_AGO),
+        )
+        assert result.status == SubscriptionStatus.active  # period 0 is paid
+        sub = result.subscription_id
+        renewal_key = payment_idempotency_key(sub, 1, 0)
+
+        # The renewal's confirm went through at the gateway; its outcome is not recorded yet.
+        await wait_until(marker.exists, 60, "the renewal charge to be confirmed", workers)
+        confirmed = json.loads(marker.read_text())
+        assert (confirmed["attempt_key"], confirmed["status"]) == (renewal_key, "succeeded")
+        in_flight = store.payment_by_key(renewal_key)
+        assert in_flight is not None
+        assert (in_flight.status, in_flight.gateway_intent_id) == (
+            "pending",
+            confirmed["intent_id"],
+        )
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+        killed_at = time.monotonic()
+        await workers.start("worker-2", {MARKER_ENV: str(marker)})  # the marker exists: disarmed
+
+        def renewal_recorded() -> bool:
+            row = store.payment_by_key(renewal_key)
+            invoices = store.list_invoices(sub)
+            return (
+                row is not None
+                and row.status == "succeeded"
+                and len(invoices) == 2
+                and invoices[1][0].status == "paid"
+            )
+
+        await wait_until(
+            renewal_recorded, RECOVERY_TIMEOUT_S, "the renewal to be recorded", workers
+        )
+        recovered_at = time.monotonic()
+
+        handle = client.get_workflow_handle(subscription_workflow_id(sub))
+        view = await handle.query(SubscriptionWorkflow.state)
+        row = store.get_subscription(sub)
+    finally:
+        workers.kill_all()
+
+    # At the gateway: one PaymentIntent for the renewal attempt, succeeded, the one confirmed
+    # before the crash; and one charge per period for the customer.
+    renewal_intents = [
+        i
+        for i in gateway.list_payment_intents()
+        if i.metadata.get(METADATA_IDEMPOTENCY_KEY) == renewal_key
+    ]
+    assert [(i.id, i.status) for i in renewal_intents] == [(confirmed["intent_id"], "succeeded")]
+    [intent] = renewal_intents
+    assert intent.amount_minor == 900 and intent.currency == "USD"
+    charges = _charges(localstripe_url, intent.customer_id or "")
+    assert sorted(c["status"] for c in charges) == ["succeeded", "succeeded"]
+    assert sum(1 for c in charges if c["payment_intent"] == intent.id) == 1
+
+    # In the database: one payment row per period, the renewal's with that intent.
+    payments = {p.idempotency_key: p for p in store.payments(sub)}
+    assert set(payments) == {payment_idempotency_key(sub, 0, 0), renewal_key}
+    renewal = payments[renewal_key]
+    assert (renewal.status, renewal.gateway_intent_id, renewal.amount_minor) == (
+        "succeeded",
+        intent.id,
+        900,
+    )
+    assert payments[payment_idempotency_key(sub, 0, 0)].status == "succeeded"
+    invoices = {inv.id: inv for inv, _ in store.list_invoices(sub)}
+    assert invoices[invoice_id(sub, 1)].status == "paid"
+    assert invoices[invoice_id(sub, 1)].payment_intent_id == intent.id
+
+    # The subscription carried on: active, period 1 billed, waiting for period 2.
+    assert view.status == SubscriptionStatus.active
+    assert view.period_index == 2
+    assert row is not None and row.status == "active"
+    actions = [a.action for a in store.audit_trail(sub)]
+    assert actions == ["created", "activated", "renewed"]
+
+    print(
+        f"\ncrash recovery: {recovered_at - killed_at:.1f}s from kill to recorded renewal, "
+        f"{time.monotonic() - started:.1f}s in all"
+    )
+
+
+def _charges(gateway_url: str, customer_id: str) -> list[dict[str, object]]:
+    """Every charge localstripe holds for a customer, read without the gateway."""
+    response = httpx.get(
+        f"{gateway_url}/v1/charges",
+        params={"customer": customer_id, "limit": 100},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    data: list[dict[str, object]] = response.json()["data"]
+    return data
