@@ -108,7 +108,7 @@ class PaymentActivities:
                 intent_id = created.id
                 # The intent id is durable before the confirm: a retry resumes this intent.
                 self.store.update_payment(key, gateway_intent_id=intent_id)
-            info = self.gateway.confirm_payment_intent(intent_id, idempotency_key=f"{key}:confirm")
+            info = self.gateway.confirm_payment_intent(intent_id, idempotency_key=key)
         return self._record_outcome(key, info)
 
     def _record_outcome(self, key: str, info: IntentInfo) -> ChargeResult:

@@ -11,5 +11,7 @@ CUSTOMER_ID = SearchAttributeKey.for_keyword("CustomerId")
 PLAN_ID = SearchAttributeKey.for_keyword("PlanId")
 SUBSCRIPTION_STATUS = SearchAttributeKey.for_keyword("SubscriptionStatus")
 NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
+DUNNING_STAGE = SearchAttributeKey.for_keyword("DunningStage")
+PENDING_APPROVAL = SearchAttributeKey.for_bool("PendingApproval")
 
-ALL = (CUSTOMER_ID, PLAN_ID, SUBSCRIPTION_STATUS, NEXT_BILLING_AT)
+ALL = (CUSTOMER_ID, PLAN_ID, SUBSCRIPTION_STATUS, NEXT_BILLING_AT, DUNNING_STAGE, PENDING_APPROVAL)

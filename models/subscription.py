@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.calendar import Interval
+from models.dunning import DunningRule
 from models.invoice import InvoiceLine
 
 
@@ -22,7 +23,8 @@ class SubscriptionStatus(StrEnum):
     incomplete_expired = "incomplete_expired"  # first payment failed: never started
     trialing = "trialing"
     active = "active"
-    past_due = "past_due"
+    past_due = "past_due"  # a renewal payment failed; dunning is retrying
+    unpaid = "unpaid"  # dunning ended without payment; waits for a new payment method
     canceled = "canceled"
 
     @property
@@ -50,6 +52,22 @@ class Actor(BaseModel):
     reason: str | None = None
 
 
+class OpenInvoice(BaseModel):
+    """An issued invoice not yet paid; collected oldest first."""
+
+    invoice_id: str
+    period_index: int
+    amount_minor: int
+    period_start: date
+    period_end: date
+    attempts: int = 0  # charge attempts made (numbers the idempotency keys)
+    failures_in_schedule: int = 0  # failures since the retry schedule (re)started
+    schedule_start: datetime | None = None
+    first_failed_at: datetime | None = None
+    last_decline_category: str | None = None
+    last_decline_code: str | None = None
+
+
 class SubscriptionState(BaseModel):
     """The whole state of one subscription: the one model ``continue_as_new`` carries."""
 
@@ -69,6 +87,11 @@ class SubscriptionState(BaseModel):
     gateway_customer_id: str | None = None
     notice_days: int = 3
     created_by: Actor = Field(default_factory=Actor)
+    segment: str = "self_serve"
+    dunning_rule: DunningRule = Field(default_factory=DunningRule)  # locked at creation
+    open_invoices: list[OpenInvoice] = Field(default_factory=list)
+    dunning_stage: str | None = None  # retrying | awaiting_payment_method | final
+    access: str = "full"  # what the customer keeps while dunning: full | restricted
     # Mirror status and dates into search attributes (off only on the time-skipping test
     # server, which has no visibility store).
     search_attributes: bool = True
@@ -108,6 +131,10 @@ class SubscriptionView(BaseModel):
     cancel_at_period_end: bool
     canceled_at: datetime | None
     period_index: int
+    dunning_stage: str | None = None
+    access: str = "full"
+    open_invoices: list[OpenInvoice] = Field(default_factory=list)
+    payment_method_id: str | None = None
 
 
 class TimelineEvent(BaseModel):
@@ -172,6 +199,21 @@ class CancelResult(BaseModel):
 
 class UncancelRequest(BaseModel):
     by: Actor = Field(default_factory=Actor)
+
+
+class PaymentMethodUpdate(BaseModel):
+    """Replace the card: attached at the gateway, then an immediate retry of what is unpaid."""
+
+    payment_method_id: str
+    by: Actor = Field(default_factory=Actor)
+
+
+class PaymentMethodResult(BaseModel):
+    subscription_id: str
+    status: SubscriptionStatus
+    payment_method_id: str
+    retried: bool  # an unpaid invoice was charged again
+    open_invoices: int  # still unpaid after the retry
 
 
 class SubscriptionResult(BaseModel):

@@ -36,6 +36,7 @@ from models.calendar import (
     validate_timezone,
 )
 from models.catalog import Catalog
+from models.dunning import DunningPolicy, default_dunning_policy
 from models.errors import ErrorCode, OmsError
 from models.ids import (
     customer_id_for_email,
@@ -47,6 +48,8 @@ from models.subscription import (
     Actor,
     CancelRequest,
     CancelResult,
+    PaymentMethodResult,
+    PaymentMethodUpdate,
     StartRequest,
     StartResult,
     SubscriptionState,
@@ -95,6 +98,7 @@ class OmsService:
         default_timezone: str = "UTC",
         notice_days: int = 3,
         search_attributes: bool = True,
+        dunning: DunningPolicy | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -103,6 +107,7 @@ class OmsService:
         self.default_timezone = default_timezone
         self.notice_days = notice_days
         self.search_attributes = search_attributes
+        self.dunning = dunning or default_dunning_policy()
 
     # --- create ------------------------------------------------------------------------
 
@@ -184,6 +189,8 @@ class OmsService:
             first_period_index=first_index,
             payment_method_id=pm,
             notice_days=self.notice_days,
+            segment=plan.segment,
+            dunning_rule=self.dunning.rule_for(plan.plan_id, plan.segment),
             search_attributes=self.search_attributes,
             created_by=by.model_copy(update={"request_id": request_id}),
         )
@@ -292,6 +299,25 @@ class OmsService:
             return await handle.execute_update(
                 SubscriptionWorkflow.cancel,
                 CancelRequest(at_period_end=at_period_end, by=by),
+                id=by.request_id,
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    async def update_payment_method(
+        self, subscription_id: str, payment_method_id: str, by: Actor
+    ) -> PaymentMethodResult:
+        """Replace the card; an unpaid invoice is retried at once with it."""
+        pm = payment_method_id.strip()
+        if CARD_LIKE_RE.match(pm):
+            raise OmsError(
+                ErrorCode.CARD_NUMBER_REFUSED,
+                "card numbers are never accepted; send the gateway's payment method token (pm_...)",
+            )
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        async with _temporal_errors(subscription_id):
+            return await handle.execute_update(
+                SubscriptionWorkflow.update_payment_method,
+                PaymentMethodUpdate(payment_method_id=pm, by=by),
                 id=by.request_id,
                 rpc_timeout=UPDATE_TIMEOUT,
             )

@@ -19,6 +19,8 @@ DEFAULT_SEARCH_ATTRIBUTES = {
     "PlanId": "Keyword",
     "SubscriptionStatus": "Keyword",
     "NextBillingAt": "Datetime",
+    "DunningStage": "Keyword",
+    "PendingApproval": "Bool",
 }
 
 

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.billing import billed_span, period_amount, period_lines
     from models.calendar import local_midnight_utc
+    from models.dunning import DunningStep, FinalAction, RenewalDuringDunning, next_step
     from models.errors import ErrorCode
     from models.ids import invoice_id, payment_idempotency_key
     from models.invoice import compose_invoice
@@ -34,6 +35,9 @@ with workflow.unsafe.imports_passed_through():
         InvoiceDraft,
         InvoiceSettlement,
         Notification,
+        OpenInvoice,
+        PaymentMethodResult,
+        PaymentMethodUpdate,
         ProvisionCustomer,
         StartRequest,
         StartResult,
@@ -72,11 +76,14 @@ class SubscriptionWorkflow:
     def __init__(self, state: SubscriptionState) -> None:
         # Handlers can run before ``run`` (update-with-start), so all state is set up here.
         self.st = state.model_copy(deep=True)
-        self._new = state.status == Status.incomplete and state.period_index == 0
+        self._new = state.status == Status.incomplete and state.gateway_customer_id is None
         self._start_settled = not self._new
         self._cancel_now: CancelRequest | None = None
         self._wake = False
         self._transition_lock = asyncio.Lock()
+        self._pm_updated = False  # a new card arrived: retry what is unpaid now
+        self._schedule_reset = False  # the next failure restarts the retry schedule
+        self._collections = 0  # collect passes finished (update handlers wait on it)
 
     # --- main loop ---------------------------------------------------------------------
 
@@ -88,9 +95,9 @@ class SubscriptionWorkflow:
             if self._cancel_now is not None:
                 await self._cancel_immediately(self._cancel_now)
                 break
-            if self.st.status == Status.past_due:
-                # Dunning is its own phase (a later issue); until then wait for a decision.
-                await workflow.wait_condition(lambda: self._cancel_now is not None)
+            if self.st.open_invoices:
+                if await self._dunning_phase():
+                    await self._continue_as_new()
                 continue
             due_at = self._due_at()
             if await self._notice_phase(due_at):
@@ -100,8 +107,8 @@ class SubscriptionWorkflow:
             if self.st.cancel_at_period_end:
                 await self._cancel_at_period_end()
                 break
-            billed = await self._bill_period()
-            if billed and not self.st.status.is_terminal:
+            await self._issue_invoice()
+            if await self._collect() and not self.st.status.is_terminal:
                 await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SubscriptionResult(
@@ -173,11 +180,11 @@ class SubscriptionWorkflow:
         st.notices_sent.append(key)
         return False
 
-    async def _bill_period(self) -> bool:
-        """Invoice and charge period ``period_index``; True when it was paid."""
+    async def _issue_invoice(self) -> None:
+        """Invoice period ``period_index`` (paid at once when its total is zero) and move on."""
         st = self.st
         n = st.period_index
-        span, period = billed_span(st.anchor, st.terms.interval, n, self._billing_start())
+        span, _ = billed_span(st.anchor, st.terms.interval, n, self._billing_start())
         lines = period_lines(
             anchor=st.anchor,
             interval=st.terms.interval,
@@ -209,78 +216,217 @@ class SubscriptionWorkflow:
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
-        result: ChargeResult | None = None
-        if draft.total_minor > 0:
-            result = await self._charge(draft, attempt=0)
-            if not result.succeeded:
-                await self._payment_failed(draft, result)
-                return False
+        st.period_index = n + 1
+        st.open_invoices.append(
+            OpenInvoice(
+                invoice_id=draft.invoice_id,
+                period_index=n,
+                amount_minor=draft.total_minor,
+                period_start=span[0],
+                period_end=span[1],
+            )
+        )
+
+    async def _collect(self) -> bool:
+        """Charge the open invoices oldest first; True when none is left unpaid."""
+        st = self.st
+        try:
+            while st.open_invoices:
+                inv = st.open_invoices[0]
+                result = await self._charge(inv) if inv.amount_minor > 0 else None
+                if result is not None and not result.succeeded:
+                    await self._payment_failed(inv, result)
+                    return False
+                await self._settle(inv, "paid", result.intent_id if result else None)
+                st.open_invoices.pop(0)
+                st.paid_through = inv.period_end
+                recovering = st.status in (Status.past_due, Status.unpaid)
+                if recovering and st.open_invoices:
+                    continue  # still behind: stays past_due until every invoice is paid
+                st.dunning_stage = None
+                st.access = "full"
+                if recovering:
+                    action = "recovered"
+                elif st.status == Status.active:
+                    action = "renewed"
+                else:
+                    action = "activated"
+                await self._transition(
+                    action,
+                    Status.active,
+                    Actor(),
+                    details={
+                        "invoice_id": inv.invoice_id,
+                        "amount_minor": str(inv.amount_minor),
+                        "period": f"{inv.period_start.isoformat()}/{inv.period_end.isoformat()}",
+                        "attempt": str(inv.attempts - 1),
+                    },
+                )
+                self._start_settled = True
+            return True
+        finally:
+            self._collections += 1
+
+    async def _settle(self, inv: OpenInvoice, status: str, intent_id: str | None) -> None:
         await workflow.execute_activity_method(
             StoreActivities.settle_invoice,
             InvoiceSettlement(
-                invoice_id=draft.invoice_id,
-                status="paid",
-                payment_intent_id=result.intent_id if result else None,
+                invoice_id=inv.invoice_id, status=status, payment_intent_id=intent_id
             ),
             start_to_close_timeout=STORE_TIMEOUT,
             retry_policy=STORE_RETRY,
         )
-        st.period_index = n + 1
-        st.paid_through = period[1]
-        action = "activated" if st.status != Status.active else "renewed"
-        await self._transition(
-            action,
-            Status.active,
-            Actor(),
-            details={
-                "invoice_id": draft.invoice_id,
-                "amount_minor": str(draft.total_minor),
-                "period": f"{period[0].isoformat()}/{period[1].isoformat()}",
-            },
-        )
-        self._start_settled = True
-        return True
 
-    async def _charge(self, draft: InvoiceDraft, attempt: int) -> ChargeResult:
+    async def _dunning_phase(self) -> bool:
+        """One step of dunning for the oldest unpaid invoice; True once everything is paid."""
+        st = self.st
+        inv = st.open_invoices[0]
+        if self._pm_updated:
+            self._pm_updated = False
+            return await self._collect()
+        if inv.first_failed_at is None or inv.schedule_start is None:
+            # Invoiced but never attempted (a renewal issued while behind): collect in order.
+            return await self._collect()
+        step = next_step(
+            st.dunning_rule,
+            failures=inv.failures_in_schedule,
+            schedule_start=inv.schedule_start,
+            first_failed_at=inv.first_failed_at,
+            decline_category=inv.last_decline_category,
+            now=workflow.now(),
+        )
+        self._set_dunning_stage(step)
+        if step.final_action == FinalAction.cancel:
+            for unpaid in st.open_invoices:
+                await self._settle(unpaid, "uncollectible", None)
+            st.canceled_at = workflow.now()
+            st.cancel_reason = "nonpayment"
+            await self._transition(
+                "canceled", Status.canceled, Actor(reason="nonpayment"), {"mode": "nonpayment"}
+            )
+            return False
+        if step.final_action == FinalAction.mark_unpaid:
+            if st.status != Status.unpaid:
+                await self._transition("marked_unpaid", Status.unpaid, Actor(reason="nonpayment"))
+            await workflow.wait_condition(lambda: self._pm_updated or self._cancel_now is not None)
+            return False
+        wake = [t for t in (step.retry_at, step.final_at) if t is not None]
+        renewal_at = self._renewal_during_dunning_at()
+        if renewal_at is not None:
+            wake.append(renewal_at)
+        wake_at = min(wake)
+        if not await self._sleep_until(wake_at):
+            return False  # a message: re-evaluate (new card, cancel)
+        if renewal_at is not None and wake_at == renewal_at:
+            if st.cancel_at_period_end:
+                await self._cancel_at_period_end()
+            else:
+                await self._issue_invoice()  # waits behind the unpaid one
+            return False
+        if step.retry_at is not None and wake_at == step.retry_at:
+            return await self._collect()
+        return False  # the window ended: the next step is the final action
+
+    def _renewal_during_dunning_at(self) -> datetime | None:
+        rule = self.st.dunning_rule
+        if rule.renewal_during_dunning == RenewalDuringDunning.skip and not (
+            self.st.cancel_at_period_end
+        ):
+            return None
+        return self._due_at()
+
+    def _set_dunning_stage(self, step: DunningStep) -> None:
+        st = self.st
+        access = step.access.value
+        if st.dunning_stage == step.stage and st.access == access:
+            return
+        st.dunning_stage = step.stage
+        st.access = access
+        self._mirror_search_attributes()
+
+    async def _charge(self, inv: OpenInvoice) -> ChargeResult:
         st = self.st
         assert st.gateway_customer_id is not None
+        attempt = inv.attempts
+        inv.attempts += 1
         return await workflow.execute_activity_method(
             PaymentActivities.charge,
             ChargeRequest(
                 idempotency_key=payment_idempotency_key(
-                    st.subscription_id, draft.period_index, attempt
+                    st.subscription_id, inv.period_index, attempt
                 ),
-                invoice_id=draft.invoice_id,
+                invoice_id=inv.invoice_id,
                 subscription_id=st.subscription_id,
                 customer_id=st.customer_id,
                 gateway_customer_id=st.gateway_customer_id,
                 payment_method_id=st.payment_method_id,
-                amount_minor=draft.total_minor,
+                amount_minor=inv.amount_minor,
                 currency=st.terms.currency,
                 attempt=attempt,
-                description=f"{st.terms.plan_name} {draft.period_start.isoformat()}",
+                description=f"{st.terms.plan_name} {inv.period_start.isoformat()}",
             ),
             start_to_close_timeout=GATEWAY_TIMEOUT,
             retry_policy=GATEWAY_RETRY,
         )
 
-    async def _payment_failed(self, draft: InvoiceDraft, result: ChargeResult) -> None:
+    async def _payment_failed(self, inv: OpenInvoice, result: ChargeResult) -> None:
+        st = self.st
         details = {
-            "invoice_id": draft.invoice_id,
+            "invoice_id": inv.invoice_id,
+            "attempt": str(inv.attempts - 1),
             "decline_code": result.decline_code or "",
             "decline_category": result.decline_category or "",
         }
-        if self.st.period_index == self.st.first_period_index and self.st.trial_end is None:
+        if st.status == Status.incomplete:
             # The very first payment failed: the subscription never starts.
-            await workflow.execute_activity_method(
-                StoreActivities.settle_invoice,
-                InvoiceSettlement(invoice_id=draft.invoice_id, status="void"),
-                start_to_close_timeout=STORE_TIMEOUT,
-                retry_policy=STORE_RETRY,
-            )
+            await self._settle(inv, "void", None)
+            st.open_invoices.clear()
             await self._fail_start(ErrorCode.PAYMENT_DECLINED, "first payment declined", details)
             return
+        now = workflow.now()
+        inv.first_failed_at = inv.first_failed_at or now
+        if inv.schedule_start is None or (
+            self._schedule_reset and st.dunning_rule.reset_on_payment_method_update
+        ):
+            inv.schedule_start = now
+            inv.failures_in_schedule = 0
+        self._schedule_reset = False
+        inv.failures_in_schedule += 1
+        inv.last_decline_category = result.decline_category
+        inv.last_decline_code = result.decline_code
+        step = next_step(
+            st.dunning_rule,
+            failures=inv.failures_in_schedule,
+            schedule_start=inv.schedule_start,
+            first_failed_at=inv.first_failed_at,
+            decline_category=inv.last_decline_category,
+            now=now,
+        )
+        st.dunning_stage = step.stage
+        st.access = step.access.value
+        if step.retry_at is not None:
+            details["next_retry_at"] = step.retry_at.isoformat()
         await self._transition("payment_failed", Status.past_due, Actor(), details=details)
+        await workflow.execute_activity_method(
+            StoreActivities.enqueue_notification,
+            Notification(
+                key=f"{st.subscription_id}:payment_failed:{inv.period_index}:{inv.attempts - 1}",
+                subscription_id=st.subscription_id,
+                customer_id=st.customer_id,
+                kind="payment_failed",
+                scheduled_for=now,
+                data={
+                    "invoice_id": inv.invoice_id,
+                    "amount": format_money(inv.amount_minor, st.terms.currency),
+                    "next_retry_at": step.retry_at.isoformat() if step.retry_at else "",
+                    "action": "update_payment_method"
+                    if step.stage == "awaiting_payment_method"
+                    else "none",
+                },
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
 
     async def _fail_start(
         self, code: str, reason: str, details: dict[str, str] | None = None
@@ -385,6 +531,9 @@ class SubscriptionWorkflow:
                 sa.NEXT_BILLING_AT.value_set(next_at)
                 if next_at
                 else sa.NEXT_BILLING_AT.value_unset(),
+                sa.DUNNING_STAGE.value_set(self.st.dunning_stage)
+                if self.st.dunning_stage
+                else sa.DUNNING_STAGE.value_unset(),
             ]
         )
 
@@ -522,6 +671,67 @@ class SubscriptionWorkflow:
                 "the subscription has no cancellation scheduled", type=ErrorCode.NOT_CANCELING
             )
 
+    @workflow.update
+    async def update_payment_method(self, req: PaymentMethodUpdate) -> PaymentMethodResult:
+        """Attach a new card; when something is unpaid, retry it now and report the outcome."""
+        st = self.st
+        try:
+            await workflow.execute_activity_method(
+                PaymentActivities.provision_customer,
+                ProvisionCustomer(
+                    customer_id=st.customer_id,
+                    email=st.email,
+                    timezone=st.timezone,
+                    payment_method_id=req.payment_method_id,
+                ),
+                start_to_close_timeout=GATEWAY_TIMEOUT,
+                retry_policy=GATEWAY_RETRY,
+            )
+        except ActivityError as err:
+            raise ApplicationError(
+                "the payment method could not be attached; tokenize the card again",
+                type=_error_code(err),
+                non_retryable=True,
+            ) from err
+        previous = st.payment_method_id
+        st.payment_method_id = req.payment_method_id
+        await self._transition(
+            "payment_method_updated",
+            st.status,
+            req.by,
+            details={"from": previous, "to": req.payment_method_id},
+        )
+        retried = bool(st.open_invoices) and not st.status.is_terminal
+        if retried:
+            target = self._collections + 1
+            self._schedule_reset = True
+            self._pm_updated = True
+            self._notify()
+            await workflow.wait_condition(
+                lambda: self._collections >= target or self.st.status.is_terminal
+            )
+        return PaymentMethodResult(
+            subscription_id=st.subscription_id,
+            status=st.status,
+            payment_method_id=st.payment_method_id,
+            retried=retried,
+            open_invoices=len(st.open_invoices),
+        )
+
+    @update_payment_method.validator
+    def _validate_update_payment_method(self, req: PaymentMethodUpdate) -> None:
+        self._require_live()
+        if self.st.status == Status.incomplete:
+            raise ApplicationError(
+                "the subscription is still being created; retry in a moment",
+                type=ErrorCode.INVALID_REQUEST,
+            )
+        if not req.payment_method_id.startswith("pm_"):
+            raise ApplicationError(
+                "send the gateway's payment method token (pm_...), never a card number",
+                type=ErrorCode.PAYMENT_METHOD_INVALID,
+            )
+
     def _require_live(self) -> None:
         if self.st.status.is_terminal:
             raise ApplicationError(
@@ -569,6 +779,10 @@ class SubscriptionWorkflow:
             cancel_at_period_end=st.cancel_at_period_end,
             canceled_at=st.canceled_at,
             period_index=st.period_index,
+            dunning_stage=st.dunning_stage,
+            access=st.access,
+            open_invoices=st.open_invoices,
+            payment_method_id=st.payment_method_id,
         )
 
     @workflow.query
@@ -576,7 +790,9 @@ class SubscriptionWorkflow:
         """The next scheduled events with their instants."""
         st = self.st
         events: list[TimelineEvent] = []
-        if not st.status.is_terminal and st.status != Status.past_due:
+        if st.open_invoices and not st.status.is_terminal:
+            events.extend(self._dunning_timeline())
+        if not st.status.is_terminal and not st.open_invoices:
             currency = st.terms.currency
             trialing = st.status == Status.trialing
             for i in range(TIMELINE_RENEWALS):
@@ -615,6 +831,40 @@ class SubscriptionWorkflow:
                     )
                 )
         return Timeline(subscription_id=st.subscription_id, status=st.status, events=events)
+
+    def _dunning_timeline(self) -> list[TimelineEvent]:
+        st = self.st
+        inv = st.open_invoices[0]
+        if inv.first_failed_at is None or inv.schedule_start is None:
+            return []
+        step = next_step(
+            st.dunning_rule,
+            failures=inv.failures_in_schedule,
+            schedule_start=inv.schedule_start,
+            first_failed_at=inv.first_failed_at,
+            decline_category=inv.last_decline_category,
+            now=workflow.now(),
+        )
+        events: list[TimelineEvent] = []
+        if step.retry_at is not None:
+            events.append(
+                TimelineEvent(
+                    at=step.retry_at,
+                    kind="payment_retry",
+                    description=f"retry {inv.invoice_id} (attempt {inv.attempts})",
+                    amount_minor=inv.amount_minor,
+                    currency=st.terms.currency,
+                )
+            )
+        if step.final_at is not None and st.status != Status.unpaid:
+            events.append(
+                TimelineEvent(
+                    at=step.final_at,
+                    kind="dunning_final_action",
+                    description=f"{st.dunning_rule.final_action.value} if still unpaid",
+                )
+            )
+        return events
 
 
 _START_ERRORS: dict[str, str] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,11 +34,10 @@ class Stack:
         return await self.env.get_current_time()
 
 
-@pytest.fixture
-async def stack(engine: Engine, localstripe_url: str) -> AsyncIterator[Stack]:
-    """A fresh time-skipping server per test (its virtual clock is global), one worker."""
+@asynccontextmanager
+async def open_stack(engine: Engine, gateway: StripeGateway) -> AsyncIterator[Stack]:
+    """A fresh time-skipping server (its virtual clock is global), one worker on ``gateway``."""
     env = await start_time_skipping()
-    gateway = StripeGateway(TEST_API_KEY, api_base=localstripe_url, max_network_retries=0)
     store = Store(engine)
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     service = OmsService(
@@ -50,3 +50,11 @@ async def stack(engine: Engine, localstripe_url: str) -> AsyncIterator[Stack]:
                 yield Stack(env, service, store, gateway)
     finally:
         await env.shutdown()
+
+
+@pytest.fixture
+async def stack(engine: Engine, localstripe_url: str) -> AsyncIterator[Stack]:
+    """The whole stack on the real local gateway."""
+    gateway = StripeGateway(TEST_API_KEY, api_base=localstripe_url, max_network_retries=0)
+    async with open_stack(engine, gateway) as opened:
+        yield opened

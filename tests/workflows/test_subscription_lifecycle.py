@@ -155,9 +155,10 @@ async def test_declined_first_payment_refuses_the_subscription_with_a_code(stack
 
 async def test_declined_renewal_marks_the_subscription_past_due(stack: Stack) -> None:
     sub = await subscribe(stack, card=DECLINING_CARD, trial_days=3)
-    await stack.env.sleep(timedelta(days=4))
+    await stack.env.sleep(timedelta(days=3, hours=12))
     view = await stack.service.status(sub)
     assert not isinstance(view, dict) and view.status == SubscriptionStatus.past_due
+    assert view.dunning_stage == "retrying" and len(view.open_invoices) == 1
     [payment] = stack.store.payments(sub)
     assert payment.status == "declined"
     [(invoice, _)] = stack.store.list_invoices(sub)
