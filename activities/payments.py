@@ -16,13 +16,15 @@ from temporalio.exceptions import ApplicationError
 from activities.gateway import IntentInfo, StripeGateway
 from activities.gateway_errors import gateway_call
 from activities.store import Store
-from activities.tables import Payment, utcnow
+from activities.tables import Payment, Refund, utcnow
 from models.errors import OmsError
 from models.subscription import (
     ChargeRequest,
     ChargeResult,
     ProvisionCustomer,
     ProvisionedCustomer,
+    RefundRequest,
+    RefundResult,
 )
 
 log = structlog.get_logger(__name__)
@@ -110,6 +112,49 @@ class PaymentActivities:
                 self.store.update_payment(key, gateway_intent_id=intent_id)
             info = self.gateway.confirm_payment_intent(intent_id, idempotency_key=key)
         return self._record_outcome(key, info)
+
+    @activity.defn(name="payments.refund")
+    def refund(self, req: RefundRequest) -> RefundResult:
+        """Refund part of a payment once (keyed like charges; recorded before the gateway call)."""
+        key = req.idempotency_key
+        row = self.store.begin_refund(
+            Refund(
+                idempotency_key=key,
+                subscription_id=req.subscription_id,
+                invoice_id=req.invoice_id,
+                gateway_intent_id=req.intent_id,
+                amount_minor=req.amount_minor,
+                currency=req.currency,
+                status="pending",
+                reason=req.reason[:200],
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        if row.status == "succeeded":
+            return RefundResult(
+                idempotency_key=key,
+                refund_id=row.gateway_refund_id,
+                amount_minor=row.amount_minor,
+                status=row.status,
+            )
+        with gateway_call():
+            info = self.gateway.refund(
+                intent_id=req.intent_id,
+                amount_minor=req.amount_minor,
+                idempotency_key=key,
+                metadata={"subscription_id": req.subscription_id, "reason": req.reason[:100]},
+            )
+        row = self.store.update_refund(key, gateway_refund_id=info.id, status="succeeded")
+        log.info(
+            "refund.issued", idempotency_key=key, refund_id=info.id, amount_minor=info.amount_minor
+        )
+        return RefundResult(
+            idempotency_key=key,
+            refund_id=info.id,
+            amount_minor=info.amount_minor,
+            status="succeeded",
+        )
 
     def _record_outcome(self, key: str, info: IntentInfo) -> ChargeResult:
         if info.status == "succeeded":

@@ -20,17 +20,22 @@ from sqlmodel import Session, SQLModel, col, select
 from temporalio import activity
 
 from activities.tables import (
+    ApprovalRequest,
     AuditLog,
+    CreditLedgerEntry,
     Customer,
     Invoice,
     InvoiceLineRow,
     NotificationRow,
     Payment,
+    Refund,
     Subscription,
     utcnow,
 )
 from models.subscription import (
+    ApprovalRecord,
     AuditEntry,
+    CreditEntry,
     InvoiceDraft,
     InvoiceSettlement,
     Notification,
@@ -189,6 +194,7 @@ class Store:
                     id=draft.invoice_id,
                     subscription_id=draft.subscription_id,
                     customer_id=draft.customer_id,
+                    kind=draft.kind,
                     period_index=draft.period_index,
                     period_start=draft.period_start,
                     period_end=draft.period_end,
@@ -290,6 +296,86 @@ class Store:
         with self.session() as s:
             return s.exec(q).all()
 
+    # --- approvals -----------------------------------------------------------------------
+
+    def upsert_approval(self, rec: ApprovalRecord) -> None:
+        values = rec.model_dump()
+        values["reasons"] = json.dumps(rec.reasons)
+        values["groups"] = json.dumps(rec.groups)
+        with self.session() as s:
+            row = s.get(ApprovalRequest, rec.request_id)
+            if row is None:
+                s.add(ApprovalRequest(**values, updated_at=utcnow()))
+            else:
+                for key, value in values.items():
+                    setattr(row, key, value)
+                row.updated_at = utcnow()
+                s.add(row)
+            s.commit()
+
+    def approvals(
+        self, *, status: str | None = "pending", subscription_id: str | None = None
+    ) -> Sequence[ApprovalRequest]:
+        q = select(ApprovalRequest)
+        if status:
+            q = q.where(ApprovalRequest.status == status)
+        if subscription_id:
+            q = q.where(ApprovalRequest.subscription_id == subscription_id)
+        with self.session() as s:
+            return s.exec(q.order_by(col(ApprovalRequest.deadline))).all()
+
+    def approval(self, request_id: str) -> ApprovalRequest | None:
+        with self.session() as s:
+            return s.get(ApprovalRequest, request_id)
+
+    # --- account credit and refunds -----------------------------------------------------
+
+    def record_credit(self, entry: CreditEntry) -> bool:
+        def existing(s: Session) -> CreditLedgerEntry | None:
+            q = select(CreditLedgerEntry).where(CreditLedgerEntry.entry_key == entry.entry_key)
+            return s.exec(q).first()
+
+        _, inserted = self._insert_once(
+            CreditLedgerEntry(**entry.model_dump(), created_at=utcnow()), existing
+        )
+        return inserted
+
+    def credit_ledger(self, subscription_id: str) -> Sequence[CreditLedgerEntry]:
+        with self.session() as s:
+            q = (
+                select(CreditLedgerEntry)
+                .where(CreditLedgerEntry.subscription_id == subscription_id)
+                .order_by(col(CreditLedgerEntry.id))
+            )
+            return s.exec(q).all()
+
+    def begin_refund(self, refund: Refund) -> Refund:
+        def existing(s: Session) -> Refund | None:
+            q = select(Refund).where(Refund.idempotency_key == refund.idempotency_key)
+            return s.exec(q).first()
+
+        row, _ = self._insert_once(refund, existing)
+        return row
+
+    def update_refund(self, key: str, **values: Any) -> Refund:
+        with self.session() as s:
+            row = s.exec(select(Refund).where(Refund.idempotency_key == key)).one()
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = utcnow()
+            s.add(row)
+            s.commit()
+            return row
+
+    def refunds(self, subscription_id: str) -> Sequence[Refund]:
+        with self.session() as s:
+            q = (
+                select(Refund)
+                .where(Refund.subscription_id == subscription_id)
+                .order_by(col(Refund.id))
+            )
+            return s.exec(q).all()
+
     # --- notifications -------------------------------------------------------------------
 
     def enqueue_notification(self, n: Notification) -> bool:
@@ -375,6 +461,29 @@ class StoreActivities:
     @activity.defn(name="store.settle_invoice")
     def settle_invoice(self, settlement: InvoiceSettlement) -> None:
         self.store.settle_invoice(settlement)
+
+    @activity.defn(name="store.record_approval")
+    def record_approval(self, rec: ApprovalRecord) -> None:
+        self.store.upsert_approval(rec)
+        log.info(
+            "approval.recorded",
+            request_id=rec.request_id,
+            subscription_id=rec.subscription_id,
+            status=rec.status,
+            escalated=rec.escalated,
+        )
+
+    @activity.defn(name="store.record_credit")
+    def record_credit(self, entry: CreditEntry) -> None:
+        inserted = self.store.record_credit(entry)
+        log.info(
+            "credit.recorded",
+            subscription_id=entry.subscription_id,
+            amount_minor=entry.amount_minor,
+            balance_after_minor=entry.balance_after_minor,
+            reason=entry.reason,
+            duplicate=not inserted,
+        )
 
     @activity.defn(name="store.enqueue_notification")
     def enqueue_notification(self, n: Notification) -> None:

@@ -161,3 +161,58 @@ class NotificationRow(SQLModel, table=True):
     data: str = Field(default="{}", sa_type=sa.Text)
     scheduled_for: datetime = _ts(nullable=False)  # type: ignore[assignment]
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class CreditLedgerEntry(SQLModel, table=True):
+    """Account credit movements: granted (+) by proration credits, consumed (-) by invoices."""
+
+    __tablename__ = "credit_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    entry_key: str = Field(unique=True, max_length=200)
+    customer_id: str = Field(index=True, max_length=64)
+    subscription_id: str = Field(index=True, max_length=64)
+    amount_minor: int = Field(sa_type=sa.BigInteger)
+    currency: str = Field(max_length=3)
+    balance_after_minor: int = Field(sa_type=sa.BigInteger)
+    reason: str = Field(max_length=200)
+    invoice_id: str | None = Field(default=None, max_length=96)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class Refund(SQLModel, table=True):
+    __tablename__ = "refunds"
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=160)
+    subscription_id: str = Field(index=True, max_length=64)
+    invoice_id: str | None = Field(default=None, max_length=96)
+    gateway_intent_id: str = Field(max_length=64)
+    gateway_refund_id: str | None = Field(default=None, max_length=64)
+    amount_minor: int = Field(sa_type=sa.BigInteger)
+    currency: str = Field(max_length=3)
+    status: str = Field(max_length=24)  # pending | succeeded | failed
+    reason: str = Field(default="", max_length=200)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class ApprovalRequest(SQLModel, table=True):
+    """Approval requests as approvers see them (a projection; the workflow decides)."""
+
+    __tablename__ = "approval_requests"
+
+    request_id: str = Field(primary_key=True, max_length=200)
+    subscription_id: str = Field(index=True, max_length=64)
+    kind: str = Field(max_length=16)
+    summary: str = Field(max_length=500)
+    reasons: str = Field(default="[]", sa_type=sa.Text)
+    groups: str = Field(default="[]", sa_type=sa.Text)
+    status: str = Field(index=True, max_length=16)  # pending | approved | rejected | expired | ...
+    escalated: bool = False
+    requested_by: str = Field(max_length=200)
+    requested_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    deadline: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    decided_by: str | None = Field(default=None, max_length=200)
+    decision_reason: str | None = Field(default=None, max_length=500)
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib import resources
 from typing import Literal
 
@@ -119,7 +120,8 @@ def parse_catalog(text: str) -> Catalog:
     return Catalog.model_validate(yaml.safe_load(text))
 
 
+@lru_cache(maxsize=1)
 def default_catalog() -> Catalog:
-    """The catalog shipped in ``models/data/catalog.yaml``."""
+    """The catalog shipped in ``models/data/catalog.yaml`` (read once per process)."""
     text = resources.files("models").joinpath("data/catalog.yaml").read_text()
     return parse_catalog(text)

@@ -49,15 +49,38 @@ def subscription_id_for_request(request_id: str) -> str:
     return "sub_" + _digest("subscription", request_id, length=16)
 
 
-def invoice_id(subscription_id: str, period_index: int) -> str:
-    """The invoice of a subscription's billing period ``n`` (one per period)."""
-    return f"in_{subscription_id}_p{period_index}"
+def invoice_id(subscription_id: str, period_index: int, schedule: int = 0) -> str:
+    """The invoice of a subscription's billing period ``n`` (one per period).
+
+    ``schedule`` counts billing schedules: it grows when an interval change restarts the period
+    numbering, so ids of the new schedule never collide with earlier ones.
+    """
+    prefix = f"s{schedule}" if schedule else ""
+    return f"in_{subscription_id}_{prefix}p{period_index}"
 
 
-def payment_idempotency_key(subscription_id: str, period_index: int, attempt: int) -> str:
+def change_invoice_id(subscription_id: str, request_id: str) -> str:
+    """The invoice of a mid-period change or cancellation request."""
+    return f"in_{subscription_id}_r{_digest('request', request_id, length=12)}"
+
+
+def request_kind(request_id: str) -> str:
+    """The invoices table's ``kind`` of a request's invoice (short, unique per request)."""
+    return "r" + _digest("request", request_id, length=12)
+
+
+def payment_idempotency_key(
+    subscription_id: str, period_index: int, attempt: int, schedule: int = 0
+) -> str:
     """Key for one charge attempt of one period: stable across retries and continue-as-new.
 
     A new dunning attempt (hours or days later, maybe with a new card) gets a new ``attempt`` so the
     gateway does not replay an old decline; a transport retry of the same attempt reuses the key.
     """
-    return f"{subscription_id}:period-{period_index}:attempt-{attempt}"
+    prefix = f"s{schedule}:" if schedule else ""
+    return f"{subscription_id}:{prefix}period-{period_index}:attempt-{attempt}"
+
+
+def request_idempotency_key(subscription_id: str, request_id: str, what: str) -> str:
+    """Key for money moved by one request (``charge``, ``refund``): stable across retries."""
+    return f"{subscription_id}:request-{_digest('request', request_id, length=16)}:{what}"

@@ -23,6 +23,7 @@ class SubscriptionStatus(StrEnum):
     incomplete_expired = "incomplete_expired"  # first payment failed: never started
     trialing = "trialing"
     active = "active"
+    paused = "paused"  # no service, no charges until resumed
     past_due = "past_due"  # a renewal payment failed; dunning is retrying
     unpaid = "unpaid"  # dunning ended without payment; waits for a new payment method
     canceled = "canceled"
@@ -66,6 +67,135 @@ class OpenInvoice(BaseModel):
     first_failed_at: datetime | None = None
     last_decline_category: str | None = None
     last_decline_code: str | None = None
+    charge_key: str | None = None  # set for a request's invoice (change, cancellation fee)
+
+
+class BilledPeriod(BaseModel):
+    """What was invoiced for the current period: the base of any proration credit."""
+
+    start: date
+    end: date
+    period_start: date  # B_n: the full period the billed span belongs to
+    unit_amount_minor: int
+    quantity: int
+    billed_minor: int  # everything charged for this period (base charge + change charges)
+    credits_minor: int = 0  # credits already issued against it (positive number)
+    intent_ids: list[str] = Field(default_factory=list)  # payments a refund can go back to
+
+
+class ChangeRequest(BaseModel):
+    """Change plan, quantity and/or interval. Omitted fields keep their current value."""
+
+    request_id: str
+    plan_id: str | None = None
+    quantity: int | None = None
+    interval: Interval | None = None
+    when: str | None = None  # now | period_end | None (the policy's default)
+    by: Actor = Field(default_factory=Actor)
+
+
+class ChangeResult(BaseModel):
+    """The decision on a request, returned at once."""
+
+    outcome: str  # applied | scheduled | pending_approval
+    request_id: str
+    subscription_id: str
+    effective_date: date | None = None
+    lines: list[InvoiceLine] = Field(default_factory=list)
+    invoice_id: str | None = None
+    charged_minor: int = 0
+    refunded_minor: int = 0
+    credited_minor: int = 0
+    approval_deadline: datetime | None = None
+    approver_groups: list[str] = Field(default_factory=list)
+    message: str = ""
+
+
+class PendingChange(BaseModel):
+    """A change that takes effect at the next billing date (listable, replaceable, withdrawable)."""
+
+    request_id: str
+    terms: Terms
+    effective_date: date
+    requested_by: Actor
+    requested_at: datetime
+
+
+class PauseRequest(BaseModel):
+    request_id: str
+    resume_on: date | None = None
+    by: Actor = Field(default_factory=Actor)
+
+
+class ResumeRequest(BaseModel):
+    request_id: str
+    by: Actor = Field(default_factory=Actor)
+
+
+class PauseResult(BaseModel):
+    outcome: str  # applied | pending_approval
+    request_id: str
+    subscription_id: str
+    status: SubscriptionStatus
+    paused_on: date | None = None
+    resume_on: date | None = None
+    next_billing_date: date | None = None
+    approval_deadline: datetime | None = None
+
+
+class PendingApproval(BaseModel):
+    """A request waiting for an approver; its timers live in the workflow."""
+
+    request_id: str
+    subscription_id: str
+    kind: str  # change | cancel | pause
+    summary: str
+    reasons: list[str] = Field(default_factory=list)
+    requested_by: Actor
+    requested_at: datetime
+    groups: list[str]  # first group, then the escalation group
+    reminder_at: datetime | None = None
+    escalate_at: datetime | None = None
+    deadline: datetime
+    reminded: bool = False
+    escalated: bool = False
+    change: ChangeRequest | None = None
+    cancel: CancelRequest | None = None
+    pause: PauseRequest | None = None
+
+
+class WithdrawRequest(BaseModel):
+    """Withdraw a scheduled change or a request still waiting for approval."""
+
+    request_id: str
+    by: Actor = Field(default_factory=Actor)
+
+
+class ApprovalDecision(BaseModel):
+    """An approver's decision; names the request id the approver saw."""
+
+    request_id: str
+    approve: bool
+    approver: str
+    reason: str
+    channel: str = "api"
+
+
+class ApprovalResult(BaseModel):
+    request_id: str
+    subscription_id: str
+    status: str  # approved | rejected
+    change: ChangeResult | None = None
+    cancel: CancelResult | None = None
+    pause: PauseResult | None = None
+
+
+class PendingView(BaseModel):
+    """What is waiting on a subscription: scheduled changes and approvals."""
+
+    subscription_id: str
+    scheduled: list[PendingChange] = Field(default_factory=list)
+    approvals: list[PendingApproval] = Field(default_factory=list)
 
 
 class SubscriptionState(BaseModel):
@@ -90,6 +220,16 @@ class SubscriptionState(BaseModel):
     segment: str = "self_serve"
     dunning_rule: DunningRule = Field(default_factory=DunningRule)  # locked at creation
     open_invoices: list[OpenInvoice] = Field(default_factory=list)
+    billed: BilledPeriod | None = None  # the current period as invoiced
+    account_credit_minor: int = 0  # the customer's credit balance, consumed by invoices first
+    scheduled_changes: list[PendingChange] = Field(default_factory=list)
+    approvals: list[PendingApproval] = Field(default_factory=list)
+    closed_requests: dict[str, str] = Field(default_factory=dict)  # request id -> final status
+    paused_on: date | None = None
+    resume_on: date | None = None
+    pause_shifts_billing: bool = True
+    schedule: int = 0  # grows when an interval change restarts the period numbering
+    cancel_fee_minor: int = 0  # early-termination fee due when a scheduled cancellation applies
     dunning_stage: str | None = None  # retrying | awaiting_payment_method | final
     access: str = "full"  # what the customer keeps while dunning: full | restricted
     # Mirror status and dates into search attributes (off only on the time-skipping test
@@ -135,6 +275,11 @@ class SubscriptionView(BaseModel):
     access: str = "full"
     open_invoices: list[OpenInvoice] = Field(default_factory=list)
     payment_method_id: str | None = None
+    account_credit_minor: int = 0
+    paused_on: date | None = None
+    resume_on: date | None = None
+    pending_approvals: int = 0
+    scheduled_changes: int = 0
 
 
 class TimelineEvent(BaseModel):
@@ -183,9 +328,11 @@ class StartResult(BaseModel):
 
 
 class CancelRequest(BaseModel):
-    """Cancel now or at the end of the current period."""
+    """Cancel now or at the end of the current period (``None``: as the policy says)."""
 
-    at_period_end: bool = True
+    at_period_end: bool | None = True
+    request_id: str | None = None
+    reason: str | None = None
     by: Actor = Field(default_factory=Actor)
 
 
@@ -195,6 +342,13 @@ class CancelResult(BaseModel):
     cancel_at_period_end: bool
     effective_date: date | None
     canceled_at: datetime | None = None
+    outcome: str = "applied"  # applied | scheduled | pending_approval
+    request_id: str | None = None
+    lines: list[InvoiceLine] = Field(default_factory=list)
+    refunded_minor: int = 0
+    credited_minor: int = 0
+    charged_minor: int = 0
+    approval_deadline: datetime | None = None
 
 
 class UncancelRequest(BaseModel):
@@ -290,6 +444,7 @@ class InvoiceDraft(BaseModel):
     """An invoice the workflow composed; the store writes it once (keyed by ``invoice_id``)."""
 
     invoice_id: str
+    kind: str = "period"  # period (one per billing period) or a change/cancellation invoice
     subscription_id: str
     customer_id: str
     period_index: int
@@ -341,6 +496,54 @@ class InvoiceSettlement(BaseModel):
     payment_intent_id: str | None = None
 
 
+class ApprovalRecord(BaseModel):
+    """The approvers' view of a request, written whenever it changes."""
+
+    request_id: str
+    subscription_id: str
+    kind: str
+    summary: str
+    reasons: list[str]
+    groups: list[str]
+    status: str
+    escalated: bool
+    requested_by: str
+    requested_at: datetime
+    deadline: datetime
+    decided_by: str | None = None
+    decision_reason: str | None = None
+
+
+class CreditEntry(BaseModel):
+    """One movement of the customer's account credit (the workflow holds the balance)."""
+
+    entry_key: str
+    customer_id: str
+    subscription_id: str
+    amount_minor: int  # + granted, - consumed
+    currency: str
+    balance_after_minor: int
+    reason: str
+    invoice_id: str | None = None
+
+
+class RefundRequest(BaseModel):
+    idempotency_key: str
+    subscription_id: str
+    invoice_id: str | None
+    intent_id: str
+    amount_minor: int
+    currency: str
+    reason: str
+
+
+class RefundResult(BaseModel):
+    idempotency_key: str
+    refund_id: str | None
+    amount_minor: int
+    status: str
+
+
 class Notification(BaseModel):
     """A customer notice put in the outbox (delivery channels come later)."""
 
@@ -350,3 +553,9 @@ class Notification(BaseModel):
     kind: str  # upcoming_charge | trial_ending | payment_failed | canceled
     scheduled_for: datetime
     data: dict[str, str] = Field(default_factory=dict)
+
+
+# Models defined above refer to ones defined below them.
+PendingApproval.model_rebuild()
+ApprovalResult.model_rebuild()
+SubscriptionState.model_rebuild()

@@ -23,6 +23,8 @@ from activities.db import create_db_engine
 from activities.gateway import StripeGateway
 from activities.payments import PaymentActivities
 from activities.store import Store, StoreActivities
+from models.catalog import default_catalog
+from models.policy import default_policy
 from workers.config import Config, load_config
 from workers.logs import configure_logging
 from workflows.subscription import SubscriptionWorkflow
@@ -61,7 +63,10 @@ class Dependencies:
         return [
             payments.provision_customer,
             payments.charge,
+            payments.refund,
             st.record_transition,
+            st.record_credit,
+            st.record_approval,
             st.write_invoice,
             st.settle_invoice,
             st.enqueue_notification,
@@ -77,6 +82,9 @@ def build_worker(
 ) -> Worker:
     """The worker with every workflow and activity registered."""
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=20))
+    # Load the shipped catalog and policy once, outside any workflow sandbox, and fail fast
+    # on a bad document; workflows read these cached copies.
+    default_policy().check_catalog(default_catalog())
     return Worker(
         client,
         task_queue=task_queue,

@@ -8,7 +8,9 @@ from ``models``; every side effect is an activity; every transition is audited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -19,26 +21,56 @@ with workflow.unsafe.imports_passed_through():
     from activities.store import StoreActivities
     from models import search_attributes as sa
     from models.billing import billed_span, period_amount, period_lines
-    from models.calendar import local_midnight_utc
+    from models.calendar import local_date, local_midnight_utc, period_index_containing
+    from models.catalog import default_catalog
     from models.dunning import DunningStep, FinalAction, RenewalDuringDunning, next_step
-    from models.errors import ErrorCode
-    from models.ids import invoice_id, payment_idempotency_key
-    from models.invoice import compose_invoice
+    from models.errors import ErrorCode, OmsError
+    from models.ids import (
+        change_invoice_id,
+        invoice_id,
+        payment_idempotency_key,
+        request_idempotency_key,
+        request_kind,
+    )
+    from models.invoice import InvoiceLine, LineKind, compose_invoice
     from models.money import format_money
+    from models.policy import (
+        ApprovalSla,
+        CancellationDecision,
+        CreditHandling,
+        TermsSnapshot,
+        Timing,
+        default_policy,
+    )
+    from models.proration import quote_cancellation, quote_change
     from models.subscription import (
         Actor,
+        ApprovalDecision,
+        ApprovalRecord,
+        ApprovalResult,
         AuditEntry,
+        BilledPeriod,
         CancelRequest,
         CancelResult,
+        ChangeRequest,
+        ChangeResult,
         ChargeRequest,
         ChargeResult,
+        CreditEntry,
         InvoiceDraft,
         InvoiceSettlement,
         Notification,
         OpenInvoice,
+        PauseRequest,
+        PauseResult,
         PaymentMethodResult,
         PaymentMethodUpdate,
+        PendingApproval,
+        PendingChange,
+        PendingView,
         ProvisionCustomer,
+        RefundRequest,
+        ResumeRequest,
         StartRequest,
         StartResult,
         SubscriptionResult,
@@ -46,10 +78,12 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionState,
         SubscriptionStatus,
         SubscriptionView,
+        Terms,
         Timeline,
         TimelineEvent,
         TransitionRecord,
         UncancelRequest,
+        WithdrawRequest,
     )
 
 Status = SubscriptionStatus
@@ -84,6 +118,11 @@ class SubscriptionWorkflow:
         self._pm_updated = False  # a new card arrived: retry what is unpaid now
         self._schedule_reset = False  # the next failure restarts the retry schedule
         self._collections = 0  # collect passes finished (update handlers wait on it)
+        self._cancel_decision: CancellationDecision | None = None
+        self._resume_requested: ResumeRequest | None = None
+        self._billing_lock = asyncio.Lock()  # invoices and charges, one at a time
+        self._last_cancel_money: dict[str, int] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     # --- main loop ---------------------------------------------------------------------
 
@@ -91,10 +130,15 @@ class SubscriptionWorkflow:
     async def run(self, state: SubscriptionState) -> SubscriptionResult:
         if self._new:
             await self._begin()
+        for approval in self.st.approvals:
+            self._watch(approval.request_id)
         while not self.st.status.is_terminal:
             if self._cancel_now is not None:
                 await self._cancel_immediately(self._cancel_now)
                 break
+            if self.st.status == Status.paused:
+                await self._paused_phase()
+                continue
             if self.st.open_invoices:
                 if await self._dunning_phase():
                     await self._continue_as_new()
@@ -107,8 +151,10 @@ class SubscriptionWorkflow:
             if self.st.cancel_at_period_end:
                 await self._cancel_at_period_end()
                 break
-            await self._issue_invoice()
-            if await self._collect() and not self.st.status.is_terminal:
+            async with self._billing_lock:
+                await self._issue_invoice()
+                paid = await self._collect()
+            if paid and not self.st.status.is_terminal:
                 await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SubscriptionResult(
@@ -183,8 +229,9 @@ class SubscriptionWorkflow:
     async def _issue_invoice(self) -> None:
         """Invoice period ``period_index`` (paid at once when its total is zero) and move on."""
         st = self.st
+        await self._apply_scheduled_changes()
         n = st.period_index
-        span, _ = billed_span(st.anchor, st.terms.interval, n, self._billing_start())
+        span, period = billed_span(st.anchor, st.terms.interval, n, self._billing_start())
         lines = period_lines(
             anchor=st.anchor,
             interval=st.terms.interval,
@@ -195,9 +242,12 @@ class SubscriptionWorkflow:
             quantity=st.terms.quantity,
             description=f"{st.terms.plan_name} ({st.terms.interval.value})",
         )
-        composed = compose_invoice(currency=st.terms.currency, lines=lines, account_credit_minor=0)
+        composed = compose_invoice(
+            currency=st.terms.currency, lines=lines, account_credit_minor=st.account_credit_minor
+        )
         draft = InvoiceDraft(
-            invoice_id=invoice_id(st.subscription_id, n),
+            invoice_id=invoice_id(st.subscription_id, n, st.schedule),
+            kind="period" if st.schedule == 0 else f"period-s{st.schedule}",
             subscription_id=st.subscription_id,
             customer_id=st.customer_id,
             period_index=n,
@@ -217,6 +267,15 @@ class SubscriptionWorkflow:
             retry_policy=STORE_RETRY,
         )
         st.period_index = n + 1
+        await self._consume_credit(composed.credit_applied_minor, draft.invoice_id)
+        st.billed = BilledPeriod(
+            start=span[0],
+            end=span[1],
+            period_start=period[0],
+            unit_amount_minor=st.terms.unit_amount_minor,
+            quantity=st.terms.quantity,
+            billed_minor=composed.subtotal_minor,
+        )
         st.open_invoices.append(
             OpenInvoice(
                 invoice_id=draft.invoice_id,
@@ -239,6 +298,8 @@ class SubscriptionWorkflow:
                     return False
                 await self._settle(inv, "paid", result.intent_id if result else None)
                 st.open_invoices.pop(0)
+                if result is not None and result.intent_id and st.billed is not None:
+                    st.billed.intent_ids.append(result.intent_id)
                 st.paid_through = inv.period_end
                 recovering = st.status in (Status.past_due, Status.unpaid)
                 if recovering and st.open_invoices:
@@ -352,8 +413,9 @@ class SubscriptionWorkflow:
         return await workflow.execute_activity_method(
             PaymentActivities.charge,
             ChargeRequest(
-                idempotency_key=payment_idempotency_key(
-                    st.subscription_id, inv.period_index, attempt
+                idempotency_key=inv.charge_key
+                or payment_idempotency_key(
+                    st.subscription_id, inv.period_index, attempt, st.schedule
                 ),
                 invoice_id=inv.invoice_id,
                 subscription_id=st.subscription_id,
@@ -441,11 +503,23 @@ class SubscriptionWorkflow:
         self._start_settled = True
 
     async def _cancel_immediately(self, req: CancelRequest) -> None:
+        decision = self._cancel_decision
+        lines: list[InvoiceLine] = []
+        if decision is not None and self.st.billed is not None:
+            async with self._billing_lock:
+                lines = await self._cancellation_money(req, decision)
         self.st.canceled_at = workflow.now()
         self.st.cancel_at_period_end = False
-        await self._transition("canceled", Status.canceled, req.by, details={"mode": "now"})
+        await self._transition(
+            "canceled",
+            Status.canceled,
+            req.by,
+            details={"mode": "now", "lines": ";".join(f"{x.kind}:{x.amount_minor}" for x in lines)},
+        )
 
     async def _cancel_at_period_end(self) -> None:
+        if self.st.cancel_fee_minor > 0:
+            await self._charge_fee(self.st.cancel_fee_minor, "cancel-at-period-end")
         self.st.canceled_at = workflow.now()
         await self._transition(
             "canceled", Status.canceled, Actor(), details={"mode": "at_period_end"}
@@ -534,6 +608,8 @@ class SubscriptionWorkflow:
                 sa.DUNNING_STAGE.value_set(self.st.dunning_stage)
                 if self.st.dunning_stage
                 else sa.DUNNING_STAGE.value_unset(),
+                sa.PENDING_APPROVAL.value_set(bool(self.st.approvals)),
+                sa.PLAN_ID.value_set(self.st.terms.plan_id),
             ]
         )
 
@@ -629,10 +705,36 @@ class SubscriptionWorkflow:
 
     @workflow.update
     async def cancel(self, req: CancelRequest) -> CancelResult:
-        """Cancel now, or at the end of the current period (undo with ``uncancel``)."""
-        if req.at_period_end:
+        """Cancel now or at period end, as the request and the cancellation policy say."""
+        decision = self._decide_cancellation(req)
+        if decision.needs_approval:
+            approval = await self._open_approval(
+                "cancel",
+                req.request_id or workflow.uuid4().hex,
+                f"cancel {decision.timing.value.replace('_', ' ')}",
+                decision.approval_reasons,
+                decision.approver_groups,
+                decision.sla,
+                req.by,
+                cancel=req,
+            )
+            result = self._cancel_result()
+            return result.model_copy(
+                update={
+                    "outcome": "pending_approval",
+                    "request_id": approval.request_id,
+                    "approval_deadline": approval.deadline,
+                }
+            )
+        return await self._carry_out_cancel(req, decision)
+
+    async def _carry_out_cancel(
+        self, req: CancelRequest, decision: CancellationDecision
+    ) -> CancelResult:
+        if decision.timing == Timing.PERIOD_END or self.st.status == Status.trialing:
             if not self.st.cancel_at_period_end:
                 self.st.cancel_at_period_end = True
+                self.st.cancel_fee_minor = decision.early_termination_fee_minor
                 self._notify()
                 await self._transition(
                     "cancel_scheduled",
@@ -640,11 +742,71 @@ class SubscriptionWorkflow:
                     req.by,
                     details={"effective_date": self._due_date().isoformat()},
                 )
-        else:
-            self._cancel_now = req
-            self._notify()
-            await workflow.wait_condition(lambda: self.st.status.is_terminal)
-        return self._cancel_result()
+            return self._cancel_result().model_copy(
+                update={"outcome": "scheduled", "request_id": req.request_id}
+            )
+        self._cancel_decision = decision
+        self._cancel_now = req
+        self._notify()
+        await workflow.wait_condition(lambda: self.st.status.is_terminal)
+        return self._cancel_result().model_copy(
+            update={"request_id": req.request_id, **self._last_cancel_money}
+        )
+
+    def _decide_cancellation(self, req: CancelRequest) -> CancellationDecision:
+        st = self.st
+        requested = None
+        if req.at_period_end is not None:
+            requested = Timing.PERIOD_END if req.at_period_end else Timing.IMMEDIATELY
+        decision = default_policy().decide_cancellation(
+            segment=st.segment,  # type: ignore[arg-type]
+            terms=self._terms_snapshot(st.terms),
+            subscribed_on=st.start_date,
+            today=self._today(),
+            period_end=self._due_date(),
+            timing_requested=requested,
+        )
+        if not decision.allowed:
+            raise ApplicationError(
+                decision.message, type=decision.code or ErrorCode.CHANGE_NOT_ALLOWED
+            )
+        return decision
+
+    async def _cancellation_money(
+        self, req: CancelRequest, decision: CancellationDecision
+    ) -> list[InvoiceLine]:
+        """Lines of an immediate cancellation: unused time back (as policy says), fee charged."""
+        st = self.st
+        billed = st.billed
+        assert billed is not None
+        today = self._today()
+        lines: list[InvoiceLine] = []
+        if decision.refund.value != "none" and billed.start <= today < billed.end:
+            lines = quote_cancellation(
+                currency=st.terms.currency,
+                anchor=st.anchor,
+                interval=st.terms.interval,
+                cancel_date=today,
+                billed_unit_amount_minor=billed.unit_amount_minor,
+                quantity=billed.quantity,
+                billed_amount_minor=billed.billed_minor,
+                credits_already_issued_minor=billed.credits_minor,
+            )
+        if decision.early_termination_fee_minor > 0:
+            lines.append(
+                InvoiceLine(
+                    kind=LineKind.EARLY_TERMINATION_FEE,
+                    description="early termination fee",
+                    amount_minor=decision.early_termination_fee_minor,
+                    currency=st.terms.currency,
+                )
+            )
+        rid = req.request_id or f"cancel-{st.audit_seq}"
+        money = await self._settle_request_lines(
+            rid, lines, refund=decision.refund.value == "refund"
+        )
+        self._last_cancel_money = money
+        return lines
 
     @cancel.validator
     def _validate_cancel(self, req: CancelRequest) -> None:
@@ -654,6 +816,7 @@ class SubscriptionWorkflow:
                 "the subscription is still being created; retry in a moment",
                 type=ErrorCode.INVALID_REQUEST,
             )
+        self._decide_cancellation(req)
 
     @workflow.update
     async def uncancel(self, req: UncancelRequest) -> CancelResult:
@@ -732,6 +895,785 @@ class SubscriptionWorkflow:
                 type=ErrorCode.PAYMENT_METHOD_INVALID,
             )
 
+    # --- changes -----------------------------------------------------------------------
+
+    def _today(self) -> date:
+        return local_date(workflow.now(), self.st.timezone)
+
+    def _terms_snapshot(self, terms: Terms) -> TermsSnapshot:
+        catalog = default_catalog()
+        tier = next((p.tier for p in catalog.plans if p.plan_id == terms.plan_id), 0)
+        return TermsSnapshot(
+            plan_id=terms.plan_id,
+            tier=tier,
+            currency=terms.currency,
+            interval=terms.interval,
+            unit_amount_minor=terms.unit_amount_minor,
+            quantity=terms.quantity,
+        )
+
+    def _resolve_terms(self, req: ChangeRequest) -> Terms:
+        """The requested terms priced from the catalog, or an ApplicationError with its code."""
+        st = self.st
+        try:
+            plan = default_catalog().plan(req.plan_id or st.terms.plan_id)
+            price = plan.price(st.terms.currency, req.interval or st.terms.interval)
+        except OmsError as err:
+            raise ApplicationError(err.message, type=err.code, non_retryable=True) from None
+        quantity = st.terms.quantity if req.quantity is None else req.quantity
+        if quantity < 1:
+            raise ApplicationError(
+                f"quantity must be at least 1, got {quantity}", type=ErrorCode.INVALID_QUANTITY
+            )
+        return Terms(
+            plan_id=plan.plan_id,
+            plan_name=plan.name,
+            interval=price.interval,
+            currency=price.currency,
+            unit_amount_minor=price.amount_minor,
+            quantity=quantity,
+        )
+
+    def _decide_change(self, req: ChangeRequest) -> tuple[Terms, Any]:
+        new = self._resolve_terms(req)
+        timing = None
+        if req.when is not None:
+            try:
+                timing = Timing(req.when.replace("-", "_"))
+            except ValueError:
+                raise ApplicationError(
+                    f"when must be now or period_end, not {req.when!r}",
+                    type=ErrorCode.INVALID_REQUEST,
+                ) from None
+        decision = default_policy().decide_terms_change(
+            segment=self.st.segment,  # type: ignore[arg-type]
+            current=self._terms_snapshot(self.st.terms),
+            new=self._terms_snapshot(new),
+            timing_requested=timing,
+        )
+        if not decision.allowed:
+            raise ApplicationError(
+                decision.message, type=decision.code or ErrorCode.CHANGE_NOT_ALLOWED
+            )
+        return new, decision
+
+    @workflow.update
+    async def request_change(self, req: ChangeRequest) -> ChangeResult:
+        """Change plan, quantity or interval: applied, scheduled or sent for approval."""
+        new, decision = self._decide_change(req)
+        if decision.needs_approval:
+            for other in [a for a in self.st.approvals if a.kind == "change"]:
+                await self._close_approval(other, "superseded", req.by, "a newer change request")
+            approval = await self._open_approval(
+                "change",
+                req.request_id,
+                self._describe_change(new),
+                decision.approval_reasons,
+                decision.approver_groups,
+                decision.sla,
+                req.by,
+                change=req,
+            )
+            return ChangeResult(
+                outcome="pending_approval",
+                request_id=req.request_id,
+                subscription_id=self.st.subscription_id,
+                approval_deadline=approval.deadline,
+                approver_groups=approval.groups,
+                message="; ".join(decision.approval_reasons),
+            )
+        return await self._carry_out_change(req, new, decision.timing, decision.credit_handling)
+
+    @request_change.validator
+    def _validate_request_change(self, req: ChangeRequest) -> None:
+        self._require_live()
+        self._require_request_id_unused(req.request_id)
+        if self.st.status in (Status.incomplete, Status.past_due, Status.unpaid, Status.paused):
+            raise ApplicationError(
+                f"a {self.st.status.value} subscription cannot change terms; "
+                + ("resume it first" if self.st.status == Status.paused else "settle it first"),
+                type=ErrorCode.SUBSCRIPTION_PAUSED
+                if self.st.status == Status.paused
+                else ErrorCode.CHANGE_NOT_ALLOWED,
+            )
+        self._decide_change(req)
+
+    def _describe_change(self, new: Terms) -> str:
+        old = self.st.terms
+        return (
+            f"{old.plan_id} x{old.quantity} {old.interval.value} -> "
+            f"{new.plan_id} x{new.quantity} {new.interval.value}"
+        )
+
+    async def _carry_out_change(
+        self, req: ChangeRequest, new: Terms, timing: Timing, credit: CreditHandling
+    ) -> ChangeResult:
+        st = self.st
+        base = ChangeResult(
+            outcome="applied", request_id=req.request_id, subscription_id=st.subscription_id
+        )
+        if st.billed is None or st.status == Status.trialing:
+            # Nothing billed yet (a trial): the new terms simply apply from the first invoice.
+            await self._switch_terms(new, restart_at=None)
+            await self._transition(
+                "change_applied", st.status, req.by, {"request_id": req.request_id}
+            )
+            return base.model_copy(update={"effective_date": self._today()})
+        if timing == Timing.PERIOD_END:
+            effective = self._due_date()
+            for old in list(st.scheduled_changes):
+                st.scheduled_changes.remove(old)
+                st.closed_requests[old.request_id] = "replaced"
+            st.scheduled_changes.append(
+                PendingChange(
+                    request_id=req.request_id,
+                    terms=new,
+                    effective_date=effective,
+                    requested_by=req.by,
+                    requested_at=workflow.now(),
+                )
+            )
+            await self._transition(
+                "change_scheduled",
+                st.status,
+                req.by,
+                {"request_id": req.request_id, "effective_date": effective.isoformat()},
+            )
+            return base.model_copy(update={"outcome": "scheduled", "effective_date": effective})
+        async with self._billing_lock:
+            return await self._apply_change_now(req, new, credit, base)
+
+    async def _apply_change_now(
+        self, req: ChangeRequest, new: Terms, credit: CreditHandling, base: ChangeResult
+    ) -> ChangeResult:
+        st = self.st
+        billed = st.billed
+        assert billed is not None
+        today = self._today()
+        quote = quote_change(
+            currency=st.terms.currency,
+            anchor=st.anchor,
+            interval=st.terms.interval,
+            change_date=today,
+            billed_unit_amount_minor=billed.unit_amount_minor,
+            old_quantity=billed.quantity,
+            billed_amount_minor=billed.billed_minor,
+            credits_already_issued_minor=billed.credits_minor,
+            new_unit_amount_minor=new.unit_amount_minor,
+            new_quantity=new.quantity,
+            new_interval=new.interval if new.interval != st.terms.interval else None,
+        )
+        money = await self._settle_request_lines(
+            req.request_id, quote.lines, refund=credit == CreditHandling.REFUND
+        )
+        credit_line = -sum(x.amount_minor for x in quote.lines if x.amount_minor < 0)
+        charge_line = sum(x.amount_minor for x in quote.lines if x.amount_minor > 0)
+        if new.interval != st.terms.interval:
+            await self._switch_terms(
+                new, restart_at=quote.next_billing_date, anchor=quote.new_anchor
+            )
+            st.billed = BilledPeriod(
+                start=today,
+                end=quote.next_billing_date,
+                period_start=today,
+                unit_amount_minor=new.unit_amount_minor,
+                quantity=new.quantity,
+                billed_minor=charge_line,
+                intent_ids=billed.intent_ids,
+            )
+        else:
+            await self._switch_terms(new, restart_at=None)
+            billed.unit_amount_minor = new.unit_amount_minor
+            billed.quantity = new.quantity
+            billed.billed_minor += charge_line
+            billed.credits_minor += credit_line
+        await self._transition(
+            "change_applied",
+            st.status,
+            req.by,
+            {
+                "request_id": req.request_id,
+                "lines": ";".join(f"{x.kind}:{x.amount_minor}" for x in quote.lines),
+            },
+        )
+        return base.model_copy(update={"effective_date": today, "lines": quote.lines, **money})
+
+    async def _switch_terms(
+        self, new: Terms, restart_at: date | None, anchor: date | None = None
+    ) -> None:
+        """Adopt ``new`` terms; ``restart_at`` starts a new billing schedule on that date."""
+        st = self.st
+        st.terms = new
+        if restart_at is not None:
+            st.schedule += 1
+            st.anchor = anchor or restart_at
+            st.period_index = period_index_containing(st.anchor, new.interval, restart_at)
+            st.billing_start = restart_at
+            st.first_period_index = st.period_index
+        self._mirror_search_attributes()
+        self._notify()
+
+    async def _apply_scheduled_changes(self) -> None:
+        st = self.st
+        due = self._due_date()
+        for change in [c for c in st.scheduled_changes if c.effective_date <= due]:
+            st.scheduled_changes.remove(change)
+            st.closed_requests[change.request_id] = "applied"
+            restart = due if change.terms.interval != st.terms.interval else None
+            await self._switch_terms(change.terms, restart_at=restart)
+            await self._transition(
+                "change_applied",
+                st.status,
+                change.requested_by,
+                {"request_id": change.request_id, "scheduled": "true"},
+            )
+
+    async def _settle_request_lines(
+        self, request_id: str, lines: list[InvoiceLine], *, refund: bool
+    ) -> dict[str, int]:
+        """Invoice a request's lines; charge what is owed, refund or credit what is given back."""
+        st = self.st
+        if not lines:
+            return {}
+        subtotal = sum(x.amount_minor for x in lines)
+        composed = compose_invoice(
+            currency=st.terms.currency,
+            lines=lines,
+            account_credit_minor=st.account_credit_minor if subtotal > 0 else 0,
+        )
+        inv_id = change_invoice_id(st.subscription_id, request_id)
+        today = self._today()
+        await workflow.execute_activity_method(
+            StoreActivities.write_invoice,
+            InvoiceDraft(
+                invoice_id=inv_id,
+                kind=request_kind(request_id),
+                subscription_id=st.subscription_id,
+                customer_id=st.customer_id,
+                period_index=st.period_index,
+                period_start=today,
+                period_end=st.billed.end if st.billed else today,
+                currency=st.terms.currency,
+                lines=composed.lines,
+                subtotal_minor=composed.subtotal_minor,
+                credit_applied_minor=composed.credit_applied_minor,
+                total_minor=composed.total_minor,
+                issued_at=workflow.now(),
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+        await self._consume_credit(composed.credit_applied_minor, inv_id)
+        money = {"charged_minor": 0, "refunded_minor": 0, "credited_minor": 0}
+        if composed.total_minor > 0:
+            inv = OpenInvoice(
+                invoice_id=inv_id,
+                period_index=st.period_index,
+                amount_minor=composed.total_minor,
+                period_start=today,
+                period_end=today,
+                charge_key=request_idempotency_key(st.subscription_id, request_id, "charge"),
+            )
+            result = await self._charge(inv)
+            if not result.succeeded:
+                await self._settle(inv, "void", None)
+                raise ApplicationError(
+                    "the payment for this change was declined; nothing was changed",
+                    {"decline_code": result.decline_code or ""},
+                    type=ErrorCode.PAYMENT_DECLINED,
+                    non_retryable=True,
+                )
+            await self._settle(inv, "paid", result.intent_id)
+            if st.billed is not None and result.intent_id:
+                st.billed.intent_ids.append(result.intent_id)
+            money["charged_minor"] = composed.total_minor
+        else:
+            await self._settle(
+                OpenInvoice(
+                    invoice_id=inv_id,
+                    period_index=0,
+                    amount_minor=0,
+                    period_start=today,
+                    period_end=today,
+                ),
+                "paid",
+                None,
+            )
+        owed_back = max(0, -subtotal)
+        if owed_back and refund and st.billed is not None and st.billed.intent_ids:
+            refunded = await workflow.execute_activity_method(
+                PaymentActivities.refund,
+                RefundRequest(
+                    idempotency_key=request_idempotency_key(
+                        st.subscription_id, request_id, "refund"
+                    ),
+                    subscription_id=st.subscription_id,
+                    invoice_id=inv_id,
+                    intent_id=st.billed.intent_ids[-1],
+                    amount_minor=owed_back,
+                    currency=st.terms.currency,
+                    reason=f"request {request_id}",
+                ),
+                start_to_close_timeout=GATEWAY_TIMEOUT,
+                retry_policy=GATEWAY_RETRY,
+            )
+            money["refunded_minor"] = refunded.amount_minor
+            owed_back -= refunded.amount_minor
+        if owed_back:
+            await self._grant_credit(owed_back, inv_id, f"request {request_id}")
+            money["credited_minor"] = owed_back
+        return money
+
+    async def _charge_fee(self, amount_minor: int, request_id: str) -> None:
+        line = InvoiceLine(
+            kind=LineKind.EARLY_TERMINATION_FEE,
+            description="early termination fee",
+            amount_minor=amount_minor,
+            currency=self.st.terms.currency,
+        )
+        try:
+            await self._settle_request_lines(request_id, [line], refund=False)
+        except ApplicationError:
+            workflow.logger.warning("early termination fee declined", extra={"fee": amount_minor})
+
+    async def _consume_credit(self, amount_minor: int, invoice: str) -> None:
+        if amount_minor <= 0:
+            return
+        self.st.account_credit_minor -= amount_minor
+        await self._record_credit(-amount_minor, invoice, "applied to invoice")
+
+    async def _grant_credit(self, amount_minor: int, invoice: str, reason: str) -> None:
+        self.st.account_credit_minor += amount_minor
+        await self._record_credit(amount_minor, invoice, reason)
+
+    async def _record_credit(self, amount_minor: int, invoice: str, reason: str) -> None:
+        st = self.st
+        await workflow.execute_activity_method(
+            StoreActivities.record_credit,
+            CreditEntry(
+                entry_key=f"{st.subscription_id}:{invoice}:{'+' if amount_minor > 0 else '-'}",
+                customer_id=st.customer_id,
+                subscription_id=st.subscription_id,
+                amount_minor=amount_minor,
+                currency=st.terms.currency,
+                balance_after_minor=st.account_credit_minor,
+                reason=reason,
+                invoice_id=invoice,
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    @workflow.update
+    async def withdraw(self, req: WithdrawRequest) -> PendingView:
+        """Withdraw a scheduled change or a request waiting for approval."""
+        st = self.st
+        for change in st.scheduled_changes:
+            if change.request_id == req.request_id:
+                st.scheduled_changes.remove(change)
+                st.closed_requests[req.request_id] = "withdrawn"
+                await self._transition(
+                    "change_withdrawn", st.status, req.by, {"request_id": req.request_id}
+                )
+                return self.pending()
+        approval = self._find_approval(req.request_id)
+        assert approval is not None  # the validator checked
+        await self._close_approval(approval, "withdrawn", req.by, "withdrawn by the requester")
+        return self.pending()
+
+    @withdraw.validator
+    def _validate_withdraw(self, req: WithdrawRequest) -> None:
+        ids = {c.request_id for c in self.st.scheduled_changes}
+        ids |= {a.request_id for a in self.st.approvals}
+        if req.request_id not in ids:
+            self._unknown_request(req.request_id)
+
+    @workflow.query
+    def pending(self) -> PendingView:
+        """Scheduled changes and requests waiting for approval."""
+        return PendingView(
+            subscription_id=self.st.subscription_id,
+            scheduled=list(self.st.scheduled_changes),
+            approvals=list(self.st.approvals),
+        )
+
+    # --- approvals ---------------------------------------------------------------------
+
+    def _find_approval(self, request_id: str) -> PendingApproval | None:
+        return next((a for a in self.st.approvals if a.request_id == request_id), None)
+
+    def _unknown_request(self, request_id: str) -> None:
+        closed = self.st.closed_requests.get(request_id)
+        if closed is not None:
+            raise ApplicationError(
+                f"request {request_id} is no longer pending: it was {closed}",
+                type=ErrorCode.STALE_REQUEST,
+            )
+        raise ApplicationError(
+            f"no pending request {request_id} on this subscription",
+            type=ErrorCode.REQUEST_NOT_FOUND,
+        )
+
+    def _require_request_id_unused(self, request_id: str) -> None:
+        if not request_id:
+            raise ApplicationError("request_id is required", type=ErrorCode.INVALID_REQUEST)
+        used = request_id in self.st.closed_requests or self._find_approval(request_id)
+        if used or any(c.request_id == request_id for c in self.st.scheduled_changes):
+            raise ApplicationError(
+                f"request id {request_id} was already used on this subscription",
+                type=ErrorCode.STALE_REQUEST,
+            )
+
+    async def _open_approval(
+        self,
+        kind: str,
+        request_id: str,
+        summary: str,
+        reasons: list[str],
+        groups: list[str],
+        sla: ApprovalSla | None,
+        by: Actor,
+        **payload: Any,
+    ) -> PendingApproval:
+        st = self.st
+        now = workflow.now()
+        assert sla is not None, "a decision that needs approval carries its SLA"
+        approval = PendingApproval(
+            request_id=request_id,
+            subscription_id=st.subscription_id,
+            kind=kind,
+            summary=summary,
+            reasons=reasons,
+            requested_by=by,
+            requested_at=now,
+            groups=groups,
+            reminder_at=sla.reminder_at(now),
+            escalate_at=sla.escalate_at(now),
+            deadline=sla.expires_at(now),
+            **payload,
+        )
+        st.approvals.append(approval)
+        self._mirror_search_attributes()
+        await self._record_approval(approval, "pending")
+        await self._transition(
+            "approval_requested",
+            st.status,
+            by,
+            {"request_id": request_id, "kind": kind, "groups": ",".join(groups)},
+        )
+        await self._notify_approvers(approval, "approval_requested", groups[:1])
+        self._watch(request_id)
+        return approval
+
+    async def _close_approval(
+        self, approval: PendingApproval, status: str, by: Actor, reason: str
+    ) -> None:
+        st = self.st
+        if approval in st.approvals:
+            st.approvals.remove(approval)
+        st.closed_requests[approval.request_id] = status
+        self._trim_closed()
+        self._mirror_search_attributes()
+        await self._record_approval(approval, status, decided_by=by.actor, reason=reason)
+        await self._transition(
+            f"approval_{status}",
+            st.status,
+            by.model_copy(update={"reason": reason, "request_id": approval.request_id}),
+            {"request_id": approval.request_id, "kind": approval.kind},
+        )
+
+    def _trim_closed(self, keep: int = 200) -> None:
+        closed = self.st.closed_requests
+        while len(closed) > keep:
+            closed.pop(next(iter(closed)))
+
+    async def _record_approval(
+        self,
+        approval: PendingApproval,
+        status: str,
+        decided_by: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        await workflow.execute_activity_method(
+            StoreActivities.record_approval,
+            ApprovalRecord(
+                request_id=approval.request_id,
+                subscription_id=approval.subscription_id,
+                kind=approval.kind,
+                summary=approval.summary,
+                reasons=approval.reasons,
+                groups=approval.groups,
+                status=status,
+                escalated=approval.escalated,
+                requested_by=approval.requested_by.actor,
+                requested_at=approval.requested_at,
+                deadline=approval.deadline,
+                decided_by=decided_by,
+                decision_reason=reason,
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    async def _notify_approvers(
+        self, approval: PendingApproval, kind: str, groups: list[str]
+    ) -> None:
+        st = self.st
+        await workflow.execute_activity_method(
+            StoreActivities.enqueue_notification,
+            Notification(
+                key=f"{st.subscription_id}:{approval.request_id}:{kind}",
+                subscription_id=st.subscription_id,
+                customer_id=st.customer_id,
+                kind=kind,
+                scheduled_for=workflow.now(),
+                data={
+                    "request_id": approval.request_id,
+                    "groups": ",".join(groups),
+                    "summary": approval.summary,
+                    "deadline": approval.deadline.isoformat(),
+                },
+            ),
+            start_to_close_timeout=STORE_TIMEOUT,
+            retry_policy=STORE_RETRY,
+        )
+
+    def _watch(self, request_id: str) -> None:
+        if request_id not in self._watchers:
+            self._watchers[request_id] = asyncio.create_task(self._watch_approval(request_id))
+
+    async def _watch_approval(self, request_id: str) -> None:
+        """Remind, escalate and expire one approval on time; stops once it is decided."""
+
+        def decided() -> bool:
+            return self._find_approval(request_id) is None
+
+        approval = self._find_approval(request_id)
+        if approval is None:
+            return
+        if approval.reminder_at is not None and not approval.reminded:
+            if await self._wait_or(approval.reminder_at, decided):
+                return
+            approval.reminded = True
+            await self._notify_approvers(approval, "approval_reminder", approval.groups[:1])
+            await self._transition(
+                "approval_reminded", self.st.status, Actor(), {"request_id": request_id}
+            )
+        if approval.escalate_at is not None and not approval.escalated:
+            if await self._wait_or(approval.escalate_at, decided):
+                return
+            approval.escalated = True
+            await self._record_approval(approval, "pending")
+            await self._notify_approvers(approval, "approval_escalated", approval.groups[1:])
+            await self._transition(
+                "approval_escalated",
+                self.st.status,
+                Actor(),
+                {"request_id": request_id, "groups": ",".join(approval.groups[1:])},
+            )
+        if await self._wait_or(approval.deadline, decided):
+            return
+        await self._close_approval(approval, "expired", Actor(), "no decision before the deadline")
+
+    async def _wait_or(self, at: datetime, done: Any) -> bool:
+        """Wait until ``at`` unless ``done()`` becomes true first; returns ``done()``."""
+        while not done() and (delta := at - workflow.now()) > timedelta(0):
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(done, timeout=delta)
+        return bool(done())
+
+    @workflow.update
+    async def decide(self, decision: ApprovalDecision) -> ApprovalResult:
+        """An approver approves or rejects a pending request (validated before it is accepted)."""
+        approval = self._find_approval(decision.request_id)
+        assert approval is not None  # the validator checked
+        by = Actor(actor=decision.approver, channel=decision.channel, reason=decision.reason)
+        status = "approved" if decision.approve else "rejected"
+        await self._close_approval(approval, status, by, decision.reason)
+        result = ApprovalResult(
+            request_id=approval.request_id,
+            subscription_id=self.st.subscription_id,
+            status=status,
+        )
+        if not decision.approve:
+            return result
+        requester = approval.requested_by
+        if approval.change is not None:
+            new, change_decision = self._decide_change(approval.change)
+            change = await self._carry_out_change(
+                approval.change, new, change_decision.timing, change_decision.credit_handling
+            )
+            return result.model_copy(update={"change": change})
+        if approval.cancel is not None:
+            cancel_decision = self._decide_cancellation(approval.cancel)
+            cancel = await self._carry_out_cancel(
+                approval.cancel.model_copy(update={"by": requester}), cancel_decision
+            )
+            return result.model_copy(update={"cancel": cancel})
+        if approval.pause is not None:
+            pause = await self._pause_now(approval.pause)
+            return result.model_copy(update={"pause": pause})
+        return result
+
+    @decide.validator
+    def _validate_decide(self, decision: ApprovalDecision) -> None:
+        self._require_live()
+        approval = self._find_approval(decision.request_id)
+        if approval is None:
+            self._unknown_request(decision.request_id)
+            return
+        if not decision.reason.strip():
+            raise ApplicationError("a decision needs a reason", type=ErrorCode.INVALID_REQUEST)
+        try:
+            default_policy().approver_may_decide(
+                approver=decision.approver,
+                requester=approval.requested_by.actor,
+                segment=self.st.segment,  # type: ignore[arg-type]
+                plan_id=self.st.terms.plan_id,
+            )
+        except OmsError as err:
+            raise ApplicationError(err.message, type=err.code) from None
+
+    # --- pause and resume --------------------------------------------------------------
+
+    @workflow.update
+    async def pause(self, req: PauseRequest) -> PauseResult:
+        """Pause service and charges (optionally until a resume date), as policy allows."""
+        decision = self._decide_pause(req)
+        if decision.needs_approval:
+            approval = await self._open_approval(
+                "pause",
+                req.request_id,
+                f"pause until {req.resume_on or 'further notice'}",
+                decision.approval_reasons,
+                decision.approver_groups,
+                decision.sla,
+                req.by,
+                pause=req,
+            )
+            return PauseResult(
+                outcome="pending_approval",
+                request_id=req.request_id,
+                subscription_id=self.st.subscription_id,
+                status=self.st.status,
+                approval_deadline=approval.deadline,
+            )
+        return await self._pause_now(req)
+
+    @pause.validator
+    def _validate_pause(self, req: PauseRequest) -> None:
+        self._require_live()
+        self._require_request_id_unused(req.request_id)
+        if self.st.status != Status.active:
+            raise ApplicationError(
+                f"only an active subscription can be paused; this one is {self.st.status.value}",
+                type=ErrorCode.SUBSCRIPTION_PAUSED
+                if self.st.status == Status.paused
+                else ErrorCode.CHANGE_NOT_ALLOWED,
+            )
+        self._decide_pause(req)
+
+    def _decide_pause(self, req: PauseRequest) -> Any:
+        decision = default_policy().decide_pause(
+            segment=self.st.segment,  # type: ignore[arg-type]
+            plan_id=self.st.terms.plan_id,
+            today=self._today(),
+            resume_on=req.resume_on,
+            currently_paused=self.st.status == Status.paused,
+        )
+        if not decision.allowed:
+            raise ApplicationError(
+                decision.message, type=decision.code or ErrorCode.CHANGE_NOT_ALLOWED
+            )
+        return decision
+
+    async def _pause_now(self, req: PauseRequest) -> PauseResult:
+        st = self.st
+        decision = self._decide_pause(req)
+        st.paused_on = self._today()
+        st.resume_on = decision.resume_on
+        st.pause_shifts_billing = decision.shift_billing_dates
+        self._notify()
+        await self._transition(
+            "paused",
+            Status.paused,
+            req.by,
+            {"request_id": req.request_id, "resume_on": str(decision.resume_on or "")},
+        )
+        return PauseResult(
+            outcome="applied",
+            request_id=req.request_id,
+            subscription_id=st.subscription_id,
+            status=st.status,
+            paused_on=st.paused_on,
+            resume_on=st.resume_on,
+        )
+
+    async def _paused_phase(self) -> None:
+        st = self.st
+        if st.resume_on is not None:
+            at = local_midnight_utc(st.resume_on, st.timezone)
+            if not await self._sleep_until(at) and self._resume_requested is None:
+                return
+        else:
+            await workflow.wait_condition(
+                lambda: self._resume_requested is not None or self._cancel_now is not None
+            )
+            if self._resume_requested is None:
+                return
+        by = self._resume_requested.by if self._resume_requested else Actor(reason="resume date")
+        self._resume_requested = None
+        await self._resume_now(by)
+
+    async def _resume_now(self, by: Actor) -> None:
+        st = self.st
+        today = self._today()
+        assert st.paused_on is not None
+        days = max(0, (today - st.paused_on).days)
+        if st.pause_shifts_billing and days:
+            shift = timedelta(days=days)
+            st.anchor += shift
+            if st.billing_start is not None:
+                st.billing_start += shift
+            if st.billed is not None:
+                st.billed.start += shift
+                st.billed.end += shift
+                st.billed.period_start += shift
+            for change in st.scheduled_changes:
+                change.effective_date += shift
+        else:
+            # Billing dates stay; periods that fell inside the pause are not billed.
+            while self._due_date() < today:
+                st.period_index += 1
+        st.paused_on = None
+        st.resume_on = None
+        await self._transition(
+            "resumed",
+            Status.active,
+            by,
+            {"days_paused": str(days), "next_billing_date": self._due_date().isoformat()},
+        )
+
+    @workflow.update
+    async def resume(self, req: ResumeRequest) -> PauseResult:
+        """Resume a paused subscription today."""
+        self._resume_requested = req
+        self._notify()
+        await workflow.wait_condition(lambda: self.st.status != Status.paused)
+        return PauseResult(
+            outcome="applied",
+            request_id=req.request_id,
+            subscription_id=self.st.subscription_id,
+            status=self.st.status,
+            next_billing_date=self._due_date(),
+        )
+
+    @resume.validator
+    def _validate_resume(self, req: ResumeRequest) -> None:
+        self._require_live()
+        if self.st.status != Status.paused:
+            raise ApplicationError("the subscription is not paused", type=ErrorCode.NOT_PAUSED)
+
     def _require_live(self) -> None:
         if self.st.status.is_terminal:
             raise ApplicationError(
@@ -783,6 +1725,11 @@ class SubscriptionWorkflow:
             access=st.access,
             open_invoices=st.open_invoices,
             payment_method_id=st.payment_method_id,
+            account_credit_minor=st.account_credit_minor,
+            paused_on=st.paused_on,
+            resume_on=st.resume_on,
+            pending_approvals=len(st.approvals),
+            scheduled_changes=len(st.scheduled_changes),
         )
 
     @workflow.query
