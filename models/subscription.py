@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.calendar import Interval
 from models.dunning import DunningRule
 from models.invoice import InvoiceLine
+from models.policy import Policy
 
 
 class SubscriptionStatus(StrEnum):
@@ -92,6 +93,9 @@ class ChangeRequest(BaseModel):
     interval: Interval | None = None
     when: str | None = None  # now | period_end | None (the policy's default)
     by: Actor = Field(default_factory=Actor)
+    # The new terms priced from the catalog by the caller (the API/CLI always sends them, so the
+    # decision is in history); without them the worker's shipped catalog prices the change.
+    priced_terms: Terms | None = None
 
 
 class ChangeResult(BaseModel):
@@ -219,6 +223,9 @@ class SubscriptionState(BaseModel):
     created_by: Actor = Field(default_factory=Actor)
     segment: str = "self_serve"
     dunning_rule: DunningRule = Field(default_factory=DunningRule)  # locked at creation
+    # The change/cancel/pause policy, locked at creation like prices: decisions made in update
+    # handlers replay identically even after the shipped policy file changes.
+    policy: Policy | None = None
     open_invoices: list[OpenInvoice] = Field(default_factory=list)
     billed: BilledPeriod | None = None  # the current period as invoiced
     account_credit_minor: int = 0  # the customer's credit balance, consumed by invoices first

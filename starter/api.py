@@ -167,7 +167,9 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
         service = await rt(request).service()
-        return service.list(status=status, customer_id=customer_id, plan_id=plan_id, limit=limit)
+        return service.list_subscriptions(
+            status=status, customer_id=customer_id, plan_id=plan_id, limit=limit
+        )
 
     @app.get("/subscriptions/{subscription_id}", responses=ERRORS, summary="Live state")
     async def get_subscription(subscription_id: str, request: Request) -> dict[str, Any]:

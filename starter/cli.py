@@ -222,7 +222,7 @@ def list_(
     """List subscriptions (from the database projection)."""
 
     async def go(s: OmsService) -> list[dict[str, Any]]:
-        return s.list(status=status, customer_id=customer, plan_id=plan, limit=limit)
+        return s.list_subscriptions(status=status, customer_id=customer, plan_id=plan, limit=limit)
 
     rows = run_service(as_json, go)
     if as_json:

@@ -6,15 +6,17 @@ invoices are read from the database projections the activities keep current.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -44,12 +46,21 @@ from models.ids import (
     subscription_id_for_request,
     subscription_workflow_id,
 )
+from models.policy import Policy, default_policy
 from models.subscription import (
     Actor,
+    ApprovalDecision,
+    ApprovalResult,
     CancelRequest,
     CancelResult,
+    ChangeRequest,
+    ChangeResult,
+    PauseRequest,
+    PauseResult,
     PaymentMethodResult,
     PaymentMethodUpdate,
+    PendingView,
+    ResumeRequest,
     StartRequest,
     StartResult,
     SubscriptionState,
@@ -58,6 +69,7 @@ from models.subscription import (
     Terms,
     Timeline,
     UncancelRequest,
+    WithdrawRequest,
 )
 from workflows.subscription import SubscriptionWorkflow
 
@@ -99,6 +111,7 @@ class OmsService:
         notice_days: int = 3,
         search_attributes: bool = True,
         dunning: DunningPolicy | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.client = client
         self.store = store
@@ -108,6 +121,7 @@ class OmsService:
         self.notice_days = notice_days
         self.search_attributes = search_attributes
         self.dunning = dunning or default_dunning_policy()
+        self.policy = policy or default_policy()
 
     # --- create ------------------------------------------------------------------------
 
@@ -191,6 +205,7 @@ class OmsService:
             notice_days=self.notice_days,
             segment=plan.segment,
             dunning_rule=self.dunning.rule_for(plan.plan_id, plan.segment),
+            policy=self.policy,
             search_attributes=self.search_attributes,
             created_by=by.model_copy(update={"request_id": request_id}),
         )
@@ -259,7 +274,7 @@ class OmsService:
         async with _temporal_errors(subscription_id):
             return await handle.query(SubscriptionWorkflow.timeline)
 
-    def list(
+    def list_subscriptions(
         self,
         *,
         status: str | None = None,
@@ -293,12 +308,19 @@ class OmsService:
 
     # --- changes -----------------------------------------------------------------------
 
-    async def cancel(self, subscription_id: str, at_period_end: bool, by: Actor) -> CancelResult:
+    async def cancel(
+        self, subscription_id: str, at_period_end: bool | None, by: Actor
+    ) -> CancelResult:
         handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
         async with _temporal_errors(subscription_id):
             return await handle.execute_update(
                 SubscriptionWorkflow.cancel,
-                CancelRequest(at_period_end=at_period_end, by=by),
+                CancelRequest(
+                    at_period_end=at_period_end,
+                    request_id=by.request_id or uuid.uuid4().hex,
+                    reason=by.reason,
+                    by=by,
+                ),
                 id=by.request_id,
                 rpc_timeout=UPDATE_TIMEOUT,
             )
@@ -322,6 +344,140 @@ class OmsService:
                 rpc_timeout=UPDATE_TIMEOUT,
             )
 
+    def _handle(self, subscription_id: str) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+
+    async def change(
+        self,
+        subscription_id: str,
+        *,
+        plan_id: str | None,
+        quantity: int | None,
+        interval: str | None,
+        when: str | None,
+        by: Actor,
+        request_id: str | None = None,
+    ) -> ChangeResult:
+        """Request a change; the answer says applied, scheduled or pending approval."""
+        view = await self.status(subscription_id)
+        if isinstance(view, dict):
+            raise OmsError(
+                ErrorCode.SUBSCRIPTION_CANCELED,
+                f"subscription {subscription_id} is {view.get('status')}",
+            )
+        plan = self.catalog.plan(plan_id or view.plan_id)
+        price = plan.price(view.currency, interval or view.interval)
+        qty = view.quantity if quantity is None else quantity
+        if qty < 1:
+            raise OmsError(ErrorCode.INVALID_QUANTITY, f"quantity must be at least 1, got {qty}")
+        if when not in (None, "now", "period_end", "period-end"):
+            raise OmsError(ErrorCode.INVALID_REQUEST, "when must be now or period-end")
+        rid = request_id or by.request_id or uuid.uuid4().hex
+        req = ChangeRequest(
+            request_id=rid,
+            plan_id=plan.plan_id,
+            quantity=qty,
+            interval=price.interval,
+            when=when.replace("-", "_") if when else None,
+            by=by.model_copy(update={"request_id": rid}),
+            priced_terms=Terms(
+                plan_id=plan.plan_id,
+                plan_name=plan.name,
+                interval=price.interval,
+                currency=price.currency,
+                unit_amount_minor=price.amount_minor,
+                quantity=qty,
+            ),
+        )
+        async with _temporal_errors(subscription_id):
+            return await self._handle(subscription_id).execute_update(
+                SubscriptionWorkflow.request_change, req, id=rid, rpc_timeout=UPDATE_TIMEOUT
+            )
+
+    async def pending(self, subscription_id: str) -> PendingView:
+        async with _temporal_errors(subscription_id):
+            return await self._handle(subscription_id).query(SubscriptionWorkflow.pending)
+
+    async def withdraw(self, subscription_id: str, request_id: str, by: Actor) -> PendingView:
+        async with _temporal_errors(subscription_id):
+            return await self._handle(subscription_id).execute_update(
+                SubscriptionWorkflow.withdraw,
+                WithdrawRequest(request_id=request_id, by=by),
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    async def pause(
+        self, subscription_id: str, resume_on: date | None, by: Actor, request_id: str | None = None
+    ) -> PauseResult:
+        rid = request_id or by.request_id or uuid.uuid4().hex
+        async with _temporal_errors(subscription_id):
+            return await self._handle(subscription_id).execute_update(
+                SubscriptionWorkflow.pause,
+                PauseRequest(request_id=rid, resume_on=resume_on, by=by),
+                id=rid,
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    async def resume(self, subscription_id: str, by: Actor) -> PauseResult:
+        rid = by.request_id or uuid.uuid4().hex
+        async with _temporal_errors(subscription_id):
+            return await self._handle(subscription_id).execute_update(
+                SubscriptionWorkflow.resume,
+                ResumeRequest(request_id=rid, by=by),
+                id=rid,
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
+    def approvals(
+        self, *, approver: str | None = None, status: str | None = "pending"
+    ) -> list[dict[str, Any]]:
+        """Requests waiting for approval (for ``approver``: only those they may decide)."""
+        out = []
+        for row in self.store.approvals(status=status):
+            groups = json.loads(row.groups)
+            if approver is not None:
+                members = {
+                    m.strip().lower()
+                    for g in groups
+                    for m in self.policy.approver_groups.get(g, [])
+                }
+                if approver.strip().lower() not in members:
+                    continue
+            item = row.model_dump(mode="json")
+            item["groups"] = groups
+            item["reasons"] = json.loads(row.reasons)
+            out.append(item)
+        return out
+
+    def approval(self, request_id: str) -> dict[str, Any]:
+        row = self.store.approval(request_id)
+        if row is None:
+            raise OmsError(ErrorCode.REQUEST_NOT_FOUND, f"no approval request {request_id}")
+        item = row.model_dump(mode="json")
+        item["groups"] = json.loads(row.groups)
+        item["reasons"] = json.loads(row.reasons)
+        return item
+
+    async def decide(
+        self, request_id: str, *, approve: bool, approver: str, reason: str, channel: str
+    ) -> ApprovalResult:
+        """Approve or reject a request by its id (the subscription is looked up)."""
+        row = self.store.approval(request_id)
+        if row is None:
+            raise OmsError(ErrorCode.REQUEST_NOT_FOUND, f"no approval request {request_id}")
+        async with _temporal_errors(row.subscription_id):
+            return await self._handle(row.subscription_id).execute_update(
+                SubscriptionWorkflow.decide,
+                ApprovalDecision(
+                    request_id=request_id,
+                    approve=approve,
+                    approver=approver,
+                    reason=reason,
+                    channel=channel,
+                ),
+                rpc_timeout=UPDATE_TIMEOUT,
+            )
+
     async def uncancel(self, subscription_id: str, by: Actor) -> CancelResult:
         handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
         async with _temporal_errors(subscription_id):
@@ -342,9 +498,9 @@ class _temporal_errors:
     async def __aenter__(self) -> None:
         return None
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
-            return False
+            return
         if isinstance(exc, WorkflowUpdateFailedError):
             cause = exc.cause
             if isinstance(cause, ApplicationError) and cause.type:
@@ -370,7 +526,6 @@ class _temporal_errors:
                     "use a new request id",
                 ) from exc
             raise _unavailable(exc) from exc
-        return False
 
 
 def _not_found(subscription_id: str) -> OmsError:

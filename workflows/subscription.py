@@ -38,9 +38,11 @@ with workflow.unsafe.imports_passed_through():
         ApprovalSla,
         CancellationDecision,
         CreditHandling,
+        Policy,
         TermsSnapshot,
         Timing,
         default_policy,
+        parse_timing,
     )
     from models.proration import quote_cancellation, quote_change
     from models.subscription import (
@@ -758,7 +760,7 @@ class SubscriptionWorkflow:
         requested = None
         if req.at_period_end is not None:
             requested = Timing.PERIOD_END if req.at_period_end else Timing.IMMEDIATELY
-        decision = default_policy().decide_cancellation(
+        decision = self._policy().decide_cancellation(
             segment=st.segment,  # type: ignore[arg-type]
             terms=self._terms_snapshot(st.terms),
             subscribed_on=st.start_date,
@@ -897,6 +899,9 @@ class SubscriptionWorkflow:
 
     # --- changes -----------------------------------------------------------------------
 
+    def _policy(self) -> Policy:
+        return self.st.policy or default_policy()
+
     def _today(self) -> date:
         return local_date(workflow.now(), self.st.timezone)
 
@@ -915,6 +920,17 @@ class SubscriptionWorkflow:
     def _resolve_terms(self, req: ChangeRequest) -> Terms:
         """The requested terms priced from the catalog, or an ApplicationError with its code."""
         st = self.st
+        if req.priced_terms is not None:
+            if req.priced_terms.currency != st.terms.currency:
+                raise ApplicationError(
+                    f"a subscription keeps its currency ({st.terms.currency})",
+                    type=ErrorCode.CHANGE_NOT_ALLOWED,
+                )
+            if req.priced_terms.quantity < 1:
+                raise ApplicationError(
+                    "quantity must be at least 1", type=ErrorCode.INVALID_QUANTITY
+                )
+            return req.priced_terms
         try:
             plan = default_catalog().plan(req.plan_id or st.terms.plan_id)
             price = plan.price(st.terms.currency, req.interval or st.terms.interval)
@@ -939,13 +955,13 @@ class SubscriptionWorkflow:
         timing = None
         if req.when is not None:
             try:
-                timing = Timing(req.when.replace("-", "_"))
+                timing = parse_timing(req.when)
             except ValueError:
                 raise ApplicationError(
                     f"when must be now or period_end, not {req.when!r}",
                     type=ErrorCode.INVALID_REQUEST,
                 ) from None
-        decision = default_policy().decide_terms_change(
+        decision = self._policy().decide_terms_change(
             segment=self.st.segment,  # type: ignore[arg-type]
             current=self._terms_snapshot(self.st.terms),
             new=self._terms_snapshot(new),
@@ -1525,7 +1541,7 @@ class SubscriptionWorkflow:
         if not decision.reason.strip():
             raise ApplicationError("a decision needs a reason", type=ErrorCode.INVALID_REQUEST)
         try:
-            default_policy().approver_may_decide(
+            self._policy().approver_may_decide(
                 approver=decision.approver,
                 requester=approval.requested_by.actor,
                 segment=self.st.segment,  # type: ignore[arg-type]
@@ -1574,7 +1590,7 @@ class SubscriptionWorkflow:
         self._decide_pause(req)
 
     def _decide_pause(self, req: PauseRequest) -> Any:
-        decision = default_policy().decide_pause(
+        decision = self._policy().decide_pause(
             segment=self.st.segment,  # type: ignore[arg-type]
             plan_id=self.st.terms.plan_id,
             today=self._today(),
@@ -1631,16 +1647,21 @@ class SubscriptionWorkflow:
         assert st.paused_on is not None
         days = max(0, (today - st.paused_on).days)
         if st.pause_shifts_billing and days:
+            # Every date moves by exactly the days paused: the next billing date moves, and a
+            # new schedule is anchored on it (a month is not a fixed number of days).
             shift = timedelta(days=days)
-            st.anchor += shift
-            if st.billing_start is not None:
-                st.billing_start += shift
+            next_due = self._due_date() + shift
             if st.billed is not None:
                 st.billed.start += shift
                 st.billed.end += shift
                 st.billed.period_start += shift
             for change in st.scheduled_changes:
                 change.effective_date += shift
+            st.schedule += 1
+            st.anchor = next_due
+            st.period_index = 0
+            st.first_period_index = 0
+            st.billing_start = next_due
         else:
             # Billing dates stay; periods that fell inside the pause are not billed.
             while self._due_date() < today:
