@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import date
 from typing import Any
 
 import structlog
@@ -21,7 +22,17 @@ from activities.gateway import StripeGateway
 from activities.store import Store
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError, http_status
-from models.subscription import Actor, CancelResult, StartResult, Timeline
+from models.subscription import (
+    Actor,
+    ApprovalResult,
+    CancelResult,
+    ChangeResult,
+    PauseResult,
+    PaymentMethodResult,
+    PendingView,
+    StartResult,
+    Timeline,
+)
 from starter.context import connect_temporal, make_service
 from starter.service import OmsService, SubscribeRequest
 from workers.config import Config, load_config
@@ -31,9 +42,36 @@ log = structlog.get_logger(__name__)
 
 
 class CancelBody(BaseModel):
-    at_period_end: bool = Field(True, description="false cancels immediately")
+    at_period_end: bool | None = Field(
+        None, description="true: at period end; false: now; omitted: as the policy says"
+    )
     reason: str | None = None
     actor: str | None = None
+
+
+class ChangeBody(BaseModel):
+    plan_id: str | None = None
+    quantity: int | None = None
+    interval: str | None = None
+    when: str | None = Field(None, description="now | period_end (default: the policy's)")
+    actor: str | None = None
+    request_id: str | None = None
+
+
+class PauseBody(BaseModel):
+    resume_on: date | None = None
+    actor: str | None = None
+    request_id: str | None = None
+
+
+class PaymentMethodBody(BaseModel):
+    payment_method_id: str
+    actor: str | None = None
+
+
+class DecisionBody(BaseModel):
+    approver: str
+    reason: str
 
 
 class ActorBody(BaseModel):
@@ -210,6 +248,91 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
             request, body.actor if body else None, body.reason if body else None, idempotency_key
         )
         return await service.uncancel(subscription_id, by)
+
+    @app.post("/subscriptions/{subscription_id}/changes", responses=ERRORS)
+    async def change_subscription(
+        subscription_id: str,
+        body: ChangeBody,
+        request: Request,
+        idempotency_key: str | None = Header(default=None),
+    ) -> ChangeResult:
+        """Change plan, quantity or interval: applied, scheduled or pending approval."""
+        service = await rt(request).service()
+        return await service.change(
+            subscription_id,
+            plan_id=body.plan_id,
+            quantity=body.quantity,
+            interval=body.interval,
+            when=body.when,
+            by=_actor(request, body.actor),
+            request_id=body.request_id or idempotency_key,
+        )
+
+    @app.get("/subscriptions/{subscription_id}/pending", responses=ERRORS)
+    async def get_pending(subscription_id: str, request: Request) -> PendingView:
+        service = await rt(request).service()
+        return await service.pending(subscription_id)
+
+    @app.delete("/subscriptions/{subscription_id}/pending/{request_id}", responses=ERRORS)
+    async def withdraw_request(
+        subscription_id: str, request_id: str, request: Request
+    ) -> PendingView:
+        service = await rt(request).service()
+        return await service.withdraw(subscription_id, request_id, _actor(request, None))
+
+    @app.post("/subscriptions/{subscription_id}/pause", responses=ERRORS)
+    async def pause_subscription(
+        subscription_id: str, body: PauseBody, request: Request
+    ) -> PauseResult:
+        service = await rt(request).service()
+        return await service.pause(
+            subscription_id, body.resume_on, _actor(request, body.actor), body.request_id
+        )
+
+    @app.post("/subscriptions/{subscription_id}/resume", responses=ERRORS)
+    async def resume_subscription(
+        subscription_id: str, request: Request, body: ActorBody | None = None
+    ) -> PauseResult:
+        service = await rt(request).service()
+        return await service.resume(subscription_id, _actor(request, body.actor if body else None))
+
+    @app.post("/subscriptions/{subscription_id}/payment-method", responses=ERRORS)
+    async def update_payment_method(
+        subscription_id: str, body: PaymentMethodBody, request: Request
+    ) -> PaymentMethodResult:
+        """Replace the card; anything unpaid is retried with it at once."""
+        service = await rt(request).service()
+        return await service.update_payment_method(
+            subscription_id, body.payment_method_id, _actor(request, body.actor)
+        )
+
+    @app.get("/approvals", summary="Approval requests (for an approver: the ones they may decide)")
+    async def list_approvals(
+        request: Request, approver: str | None = None, status: str | None = "pending"
+    ) -> list[dict[str, Any]]:
+        service = await rt(request).service()
+        return service.approvals(approver=approver, status=status)
+
+    @app.get("/approvals/{request_id}", responses=ERRORS)
+    async def get_approval(request_id: str, request: Request) -> dict[str, Any]:
+        service = await rt(request).service()
+        return service.approval(request_id)
+
+    @app.post("/approvals/{request_id}/{verdict}", responses=ERRORS)
+    async def decide_approval(
+        request_id: str, verdict: str, body: DecisionBody, request: Request
+    ) -> ApprovalResult:
+        """``verdict`` is ``approve`` or ``reject``."""
+        if verdict not in ("approve", "reject"):
+            raise OmsError(ErrorCode.INVALID_REQUEST, "use /approve or /reject")
+        service = await rt(request).service()
+        return await service.decide(
+            request_id,
+            approve=verdict == "approve",
+            approver=body.approver,
+            reason=body.reason,
+            channel="api",
+        )
 
     @app.get("/health", summary="Reachability of Temporal, the database and the gateway")
     async def health(request: Request) -> JSONResponse:

@@ -343,6 +343,221 @@ def uncancel(
     typer.echo(f"{subscription_id}: {result.status.value}, no cancellation scheduled")
 
 
+@app.command()
+def change(
+    subscription_id: str,
+    plan: str = typer.Option(None, help="New plan id (default: keep)."),
+    quantity: int = typer.Option(None, help="New quantity (default: keep)."),
+    interval: str = typer.Option(None, help="New interval (default: keep)."),
+    when: str = typer.Option(None, help="now or period-end (default: as the policy says)."),
+    request_id: str = typer.Option(None, help="Idempotency key of this request."),
+    as_: str = typer.Option(None, "--as", help="Who asks (audit; may not approve it)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Change plan, quantity or interval: applied with proration, scheduled, or approved first."""
+    by = actor(as_)
+    result = run_service(
+        as_json,
+        lambda s: s.change(
+            subscription_id,
+            plan_id=plan,
+            quantity=quantity,
+            interval=interval,
+            when=when,
+            by=by,
+            request_id=request_id,
+        ),
+    )
+    if as_json:
+        emit_json(result)
+        return
+    typer.echo(f"{result.outcome}: request {result.request_id}")
+    if result.effective_date:
+        typer.echo(f"effective {result.effective_date}")
+    if result.approval_deadline:
+        typer.echo(
+            f"waits for {' then '.join(result.approver_groups)} until {result.approval_deadline}"
+        )
+    if result.lines:
+        table(
+            [[x.description, format_money(x.amount_minor, x.currency)] for x in result.lines],
+            ["line", "amount"],
+        )
+
+
+@app.command()
+def pending(subscription_id: str, as_json: bool = JsonOpt) -> None:
+    """Scheduled changes and requests waiting for approval on a subscription."""
+    view = run_service(as_json, lambda s: s.pending(subscription_id))
+    if as_json:
+        emit_json(view)
+        return
+    rows = [
+        ["scheduled", c.request_id, f"-> {c.terms.plan_id} x{c.terms.quantity}", c.effective_date]
+        for c in view.scheduled
+    ]
+    rows += [["approval", a.request_id, a.summary, a.deadline.isoformat()] for a in view.approvals]
+    table(rows, ["kind", "request", "what", "when / deadline"])
+
+
+@app.command()
+def withdraw(
+    subscription_id: str,
+    request_id: str,
+    as_: str = typer.Option(None, "--as", help="Who withdraws it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Withdraw a scheduled change or a request still waiting for approval."""
+    view = run_service(as_json, lambda s: s.withdraw(subscription_id, request_id, actor(as_)))
+    if as_json:
+        emit_json(view)
+    else:
+        typer.echo(f"withdrew {request_id}")
+
+
+@app.command()
+def pause(
+    subscription_id: str,
+    resume_on: str = typer.Option(None, help="First day of service again (YYYY-MM-DD)."),
+    request_id: str = typer.Option(None, help="Idempotency key of this request."),
+    as_: str = typer.Option(None, "--as", help="Who asks."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Pause service and charges, optionally until a date."""
+    try:
+        resume = date.fromisoformat(resume_on) if resume_on else None
+    except ValueError:
+        fail(
+            OmsError(ErrorCode.INVALID_REQUEST, f"--resume-on {resume_on!r} is not a date"), as_json
+        )
+    result = run_service(
+        as_json, lambda s: s.pause(subscription_id, resume, actor(as_), request_id=request_id)
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(f"{subscription_id}: {result.outcome}, {result.status.value}")
+
+
+@app.command()
+def resume(
+    subscription_id: str,
+    as_: str = typer.Option(None, "--as", help="Who asks."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Resume a paused subscription today."""
+    result = run_service(as_json, lambda s: s.resume(subscription_id, actor(as_)))
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(
+            f"{subscription_id}: {result.status.value}, next billing {result.next_billing_date}"
+        )
+
+
+@app.command("payment-method")
+def payment_method(
+    subscription_id: str,
+    payment_method_id: str = typer.Argument(..., help="The new card's token (pm_...)."),
+    as_: str = typer.Option(None, "--as", help="Who asks."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Replace the card; anything unpaid is retried with it at once."""
+    result = run_service(
+        as_json, lambda s: s.update_payment_method(subscription_id, payment_method_id, actor(as_))
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        retried = "retried unpaid invoices" if result.retried else "nothing to retry"
+        typer.echo(f"{subscription_id}: {result.status.value}, {retried}")
+
+
+approvals_app = typer.Typer(help="Requests waiting for an approver.", no_args_is_help=True)
+app.add_typer(approvals_app, name="approvals")
+
+
+@approvals_app.command("list")
+def approvals_list(
+    as_: str = typer.Option(None, "--as", help="Only requests this approver may decide."),
+    status: str = typer.Option("pending", help="pending, approved, rejected, expired, ..."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List approval requests with their deadlines."""
+
+    async def go(s: OmsService) -> list[dict[str, Any]]:
+        return s.approvals(approver=as_, status=status)
+
+    rows = run_service(as_json, go)
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        [
+            [
+                r["request_id"],
+                r["subscription_id"],
+                r["kind"],
+                r["summary"],
+                r["deadline"],
+                ",".join(r["groups"]),
+                "yes" if r["escalated"] else "",
+            ]
+            for r in rows
+        ],
+        ["request", "subscription", "kind", "summary", "deadline", "groups", "escalated"],
+    )
+
+
+@approvals_app.command("show")
+def approvals_show(request_id: str, as_json: bool = JsonOpt) -> None:
+    """Show one approval request."""
+
+    async def go(s: OmsService) -> dict[str, Any]:
+        return s.approval(request_id)
+
+    row = run_service(as_json, go)
+    if as_json:
+        emit_json(row)
+    else:
+        table([[k, v] for k, v in row.items()], ["field", "value"])
+
+
+def _decide(request_id: str, approve: bool, approver: str, reason: str, as_json: bool) -> None:
+    result = run_service(
+        as_json,
+        lambda s: s.decide(
+            request_id, approve=approve, approver=approver, reason=reason, channel="cli"
+        ),
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        typer.echo(f"{request_id}: {result.status}")
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    request_id: str,
+    as_: str = typer.Option(..., "--as", help="The approver's id."),
+    reason: str = typer.Option(..., help="Why (kept in the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Approve a request: the change, cancellation or pause is carried out."""
+    _decide(request_id, True, as_, reason, as_json)
+
+
+@approvals_app.command("reject")
+def approvals_reject(
+    request_id: str,
+    as_: str = typer.Option(..., "--as", help="The approver's id."),
+    reason: str = typer.Option(..., help="Why (kept in the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Reject a request: nothing changes."""
+    _decide(request_id, False, as_, reason, as_json)
+
+
 @dev_app.command("card")
 def dev_card(
     number: str = typer.Argument(..., help="A test card number, e.g. 4242424242424242."),

@@ -11,6 +11,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -50,7 +51,7 @@ async def start_time_skipping() -> WorkflowEnvironment:
 
 
 async def start_dev_server(
-    search_attributes: Sequence[SearchAttributeKey[object]] = (),
+    search_attributes: Sequence[SearchAttributeKey[Any]] = (),
     extra_args: Sequence[str] = (),
     ui: bool = False,
 ) -> WorkflowEnvironment:

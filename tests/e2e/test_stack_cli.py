@@ -220,3 +220,69 @@ def test_cli_errors_exit_non_zero_with_code_on_stderr_or_in_json(
     assert missing.returncode != 0 and "SUBSCRIPTION_NOT_FOUND" in missing.stderr
     card = stack.oms("dev", "card", "1234", check=False)
     assert card.returncode != 0 and card.stderr.startswith("error INVALID_REQUEST")
+
+
+def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack
+    pm = stack.oms("dev", "card", "4242424242424242").stdout.strip()
+    sub = stack.oms_json(
+        "subscribe",
+        "--email",
+        "chg@example.com",
+        "--plan",
+        "pro",
+        "--quantity",
+        "20",
+        "--trial-days",
+        "0",
+        "--payment-method",
+        pm,
+    )["subscription_id"]
+
+    up = stack.oms_json("change", sub, "--plan", "business", "--quantity", "20", "--as", "sam")
+    assert up["outcome"] == "applied" and up["request_id"] and up["effective_date"]
+    assert [line["amount_minor"] < 0 for line in up["lines"]] == [True, False]
+    assert all({"description", "amount_minor"} <= set(line) for line in up["lines"])
+
+    down = stack.oms_json("change", sub, "--quantity", "5", "--as", "sam", "--request-id", "e2e-1")
+    assert down["outcome"] == "pending_approval" and down["request_id"] == "e2e-1"
+    listed = stack.oms_json("approvals", "list")
+    assert {"request_id": "e2e-1", "subscription_id": sub}.items() <= next(
+        a for a in listed if a["request_id"] == "e2e-1"
+    ).items()
+    assert next(a for a in listed if a["request_id"] == "e2e-1")["deadline"]
+
+    refused = stack.oms(
+        "approvals", "approve", "e2e-1", "--as", "sam", "--reason", "mine", check=False
+    )
+    assert refused.returncode != 0 and "SELF_APPROVAL" in refused.stderr
+
+    # Ops can send the same decision with the temporal CLI (README: "Approving from the CLI").
+    decided = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "temporal"),
+            "workflow",
+            "update",
+            "execute",
+            "--address",
+            stack.temporal,
+            "--workflow-id",
+            f"subscription:{sub}",
+            "--name",
+            "decide",
+            "--input",
+            '{"request_id": "e2e-1", "approve": true, "approver": "alice", '
+            '"reason": "customer downsized", "channel": "temporal-cli"}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert decided.returncode == 0, decided.stderr
+    assert "status:approved" in decided.stdout
+    shown = stack.oms_json("approvals", "show", "e2e-1")
+    assert shown["status"] == "approved" and shown["decided_by"] == "alice"
+    pending = stack.oms_json("pending", sub)
+    assert [c["request_id"] for c in pending["scheduled"]] == ["e2e-1"]

@@ -113,3 +113,52 @@ async def test_health_reports_each_dependency(api: httpx.AsyncClient) -> None:
     checks = resp.json()["checks"]
     assert set(checks) == {"temporal", "database", "gateway"}
     assert checks["database"]["ok"] and checks["gateway"]["ok"]
+
+
+async def test_changes_and_approvals_through_the_api(api: httpx.AsyncClient, stack: Stack) -> None:
+    pm = stack.gateway.create_test_payment_method("4242424242424242")
+    created = await api.post(
+        "/subscriptions",
+        json={
+            "email": "ap@example.com",
+            "plan_id": "pro",
+            "quantity": 20,
+            "trial_days": 0,
+            "payment_method_id": pm,
+        },
+    )
+    sub = created.json()["subscription_id"]
+
+    up = await api.post(f"/subscriptions/{sub}/changes", json={"quantity": 21, "actor": "sam"})
+    assert up.status_code == 200, up.text
+    body = up.json()
+    assert body["outcome"] == "applied" and body["request_id"]
+    assert [line["amount_minor"] < 0 for line in body["lines"]] == [True, False]
+
+    down = await api.post(
+        f"/subscriptions/{sub}/changes",
+        json={"quantity": 5, "actor": "sam", "request_id": "api-dec"},
+    )
+    assert down.json()["outcome"] == "pending_approval"
+    listed = (await api.get("/approvals", params={"approver": "bob"})).json()
+    assert [(a["request_id"], a["subscription_id"]) for a in listed] == [("api-dec", sub)]
+    assert listed[0]["deadline"]
+
+    wrong = await api.post("/approvals/api-dec/approve", json={"approver": "sam", "reason": "me"})
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "SELF_APPROVAL"
+    ok = await api.post("/approvals/api-dec/approve", json={"approver": "bob", "reason": "fine"})
+    assert ok.status_code == 200 and ok.json()["status"] == "approved"
+    pending = (await api.get(f"/subscriptions/{sub}/pending")).json()
+    assert [c["request_id"] for c in pending["scheduled"]] == ["api-dec"]
+    withdrawn = await api.delete(f"/subscriptions/{sub}/pending/api-dec")
+    assert withdrawn.status_code == 200 and withdrawn.json()["scheduled"] == []
+
+    new_pm = stack.gateway.create_test_payment_method("4242424242424242")
+    updated = await api.post(
+        f"/subscriptions/{sub}/payment-method", json={"payment_method_id": new_pm}
+    )
+    assert updated.status_code == 200 and updated.json()["retried"] is False
+    paused = await api.post(f"/subscriptions/{sub}/pause", json={"request_id": "api-p"})
+    assert paused.json()["status"] == "paused"
+    resumed = await api.post(f"/subscriptions/{sub}/resume")
+    assert resumed.json()["status"] == "active"
