@@ -18,10 +18,9 @@ left for Temporal's retry policy).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import stripe
 import structlog
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-T = TypeVar("T")
-
 _LIVE_KEY_PREFIXES: Final = ("sk_live_", "rk_live_")
 
 # Statuses where confirming again would be wrong: the payment went through, is on its way, or the
@@ -50,11 +47,6 @@ _SETTLED_STATUSES: Final = frozenset({"succeeded", "processing", "requires_captu
 
 # Refunds in these states count against what is left to refund.
 _LIVE_REFUND_STATUSES: Final = frozenset({"succeeded", "pending", "requires_action"})
-
-# localstripe answers a parameter it does not implement with 400 "Unexpected <name>[, <name>]".
-# Real Stripe words unknown parameters differently ("Received unknown parameter: ..."), so this can
-# only ever match the fake. See StripeGateway._post.
-_UNSUPPORTED_PARAMS_RE: Final = re.compile(r"Unexpected ((?:[a-z_]+)(?:, [a-z_]+)*)")
 
 METADATA_IDEMPOTENCY_KEY: Final = "idempotency_key"
 
@@ -284,9 +276,6 @@ class StripeGateway:
             max_network_retries=max_network_retries,
             http_client=stripe.RequestsClient(timeout=timeout_s),
         )
-        # Optional parameters the server turned out not to implement (see _post). Only ever
-        # filled by localstripe; a set add is atomic under the GIL, so threads may share it.
-        self._unsupported_params: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -294,37 +283,6 @@ class StripeGateway:
         return self._api_base or "https://api.stripe.com"
 
     # --- plumbing -----------------------------------------------------------------------------
-
-    def _post(
-        self, call: Callable[[dict[str, Any]], T], params: dict[str, Any], droppable: frozenset[str]
-    ) -> T:
-        """POST ``params``, dropping optional parameters the server rejects as unknown.
-
-        Why: two parameters real Stripe needs are not implemented by localstripe, which rejects any
-        parameter it does not know with 400 "Unexpected <name>": ``off_session`` on confirm (it
-        only takes it on create together with ``confirm=true``) and ``description`` on create.
-        Rather than branch on which server this is, we send the request real Stripe needs and,
-        only when the server says exactly that a *droppable* parameter is unknown, resend without
-        it. A 400 means nothing was created or charged, so resending is safe; real Stripe never
-        produces that message, so production requests are never altered. The answer is
-        remembered so later calls skip the failed round trip.
-        """
-        params = {k: v for k, v in params.items() if k not in self._unsupported_params}
-        while True:
-            try:
-                return call(params)
-            except stripe.InvalidRequestError as exc:
-                match = _UNSUPPORTED_PARAMS_RE.fullmatch(exc.user_message or "")
-                if exc.http_status != 400 or match is None:
-                    raise
-                names = set(match.group(1).split(", "))
-                if not names <= droppable or not names <= params.keys():
-                    raise
-                log.warning(
-                    "gateway_param_unsupported", params=sorted(names), endpoint=self.endpoint
-                )
-                self._unsupported_params.update(names)
-                params = {k: v for k, v in params.items() if k not in names}
 
     def _retrieve_intent(self, intent_id: str) -> stripe.PaymentIntent:
         return self._client.v1.payment_intents.retrieve(intent_id)
@@ -521,7 +479,7 @@ class StripeGateway:
             idempotency_key: The attempt's key; sent to Stripe and stored in metadata so
                 reconciliation can match intents to attempts after Stripe forgot the key.
             metadata: Our identifiers (invoice, subscription, attempt).
-            description: Shown in the Stripe Dashboard. localstripe does not implement it.
+            description: Shown in the Stripe Dashboard.
 
         Returns:
             The intent, status ``requires_confirmation``.
@@ -546,13 +504,11 @@ class StripeGateway:
         }
         if description is not None:
             params["description"] = description
-        intent = self._post(
-            lambda p: self._client.v1.payment_intents.create(
-                params=cast("PaymentIntentCreateParams", p),
-                options={"idempotency_key": idempotency_key},
-            ),
-            params,
-            droppable=frozenset({"description"}),
+        intent = self._client.v1.payment_intents.create(
+            # A plain dict: the SDK's typed params (API version 2026-10-28) no longer list
+            # ``payment_method_types``.
+            params=cast("PaymentIntentCreateParams", params),
+            options={"idempotency_key": idempotency_key},
         )
         log.info(
             "payment_intent_created",
@@ -582,8 +538,7 @@ class StripeGateway:
         charges and, when the issuer insists on authentication, fails with
         ``authentication_required`` instead of waiting for a customer who is not there. Stripe
         accepts ``off_session`` on create only together with ``confirm=true``, which would move
-        money at create time; so it goes here. localstripe rejects it on confirm, so it is dropped
-        there (see ``_post``).
+        money at create time; so it goes here.
 
         A card decline is not raised: it comes back as status ``requires_payment_method`` with
         ``decline`` filled.
@@ -601,16 +556,12 @@ class StripeGateway:
         if not self._needs_confirm(intent):
             log.info("payment_intent_confirm_skipped", intent_id=intent_id, status=intent.status)
             return _intent_info(intent)
-        params: dict[str, Any] = {"off_session": True} if off_session else {}
+        params: PaymentIntentConfirmParams = {"off_session": True} if off_session else {}
         try:
-            intent = self._post(
-                lambda p: self._client.v1.payment_intents.confirm(
-                    intent_id,
-                    params=cast("PaymentIntentConfirmParams", p),
-                    options={"idempotency_key": f"{idempotency_key}:confirm"},
-                ),
-                params,
-                droppable=frozenset({"off_session"}),
+            intent = self._client.v1.payment_intents.confirm(
+                intent_id,
+                params=params,
+                options={"idempotency_key": f"{idempotency_key}:confirm"},
             )
         except stripe.CardError as exc:
             # The error body lacks the intent's new state; read it (requires_payment_method).

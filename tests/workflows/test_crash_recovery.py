@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,7 +61,9 @@ from workflows.subscription import SubscriptionWorkflow
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_oms_crash"
 VISA = "4242424242424242"
-STARTED_DAYS_AGO = 40  # period 1 (the first renewal) is due too: between 28 and 31 days later
+# Period 1 (the first renewal) starts a month (28-31 days) after the start, so it is due at once;
+# period 2 is still about three weeks away.
+STARTED_DAYS_AGO = 40
 # The dead attempt's timeout once lowered; the retry on the new worker must fit in it too.
 DEAD_ATTEMPT_TIMEOUT = timedelta(seconds=5)
 # That timeout, the retry backoff, the workflow task leaving the dead worker's sticky queue
@@ -119,6 +122,7 @@ class Workers:
                 pytest.fail(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
 
     def logs(self) -> str:
+        """The tail of every worker's log, for failure messages."""
         return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for _, p in self.procs)
 
     def kill_all(self) -> None:
@@ -296,7 +300,7 @@ async def test_worker_killed_after_the_renewal_confirm_leaves_exactly_one_paymen
     )
 
 
-def _charges(gateway_url: str, customer_id: str) -> list[dict[str, object]]:
+def _charges(gateway_url: str, customer_id: str) -> list[dict[str, Any]]:
     """Every charge localstripe holds for a customer, read without the gateway."""
     response = httpx.get(
         f"{gateway_url}/v1/charges",
@@ -305,5 +309,5 @@ def _charges(gateway_url: str, customer_id: str) -> list[dict[str, object]]:
         timeout=10,
     )
     response.raise_for_status()
-    data: list[dict[str, object]] = response.json()["data"]
+    data: list[dict[str, Any]] = response.json()["data"]
     return data
