@@ -609,10 +609,20 @@ def migrate() -> None:
 def main() -> None:
     # stdout is the command's own output; library logs go to stderr, warnings and up only.
     configure_logging(level=os.environ.get("OMS_LOG_LEVEL", "WARNING"), json=False)
+    code = 0
     try:
         app()
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except KeyboardInterrupt:
-        sys.exit(130)
+        code = 130
+    # Skip interpreter teardown: the Temporal client's Rust threads can abort CPython's
+    # finalization of a short-lived process ("PyGILState_Release: thread state must be current",
+    # temporalio/sdk-python#300), turning a finished command into a crash. Everything the
+    # command owns (DB engine, client) is closed by then; only flush our output.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,9 @@ Status = SubscriptionStatus
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
 GATEWAY_TIMEOUT = timedelta(seconds=60)
+# The charge heartbeats between its steps; a worker that dies mid-charge is noticed after this,
+# and the retry resumes the same PaymentIntent (no second charge).
+CHARGE_HEARTBEAT = timedelta(seconds=30)
 GATEWAY_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=[
@@ -430,6 +433,7 @@ class SubscriptionWorkflow:
                 description=f"{st.terms.plan_name} {inv.period_start.isoformat()}",
             ),
             start_to_close_timeout=GATEWAY_TIMEOUT,
+            heartbeat_timeout=CHARGE_HEARTBEAT,
             retry_policy=GATEWAY_RETRY,
         )
 
