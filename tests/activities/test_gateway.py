@@ -341,7 +341,7 @@ def test_zero_and_three_decimal_amounts_pass_through_unchanged(
 
 
 def test_description_is_accepted(gateway: StripeGateway) -> None:
-    # localstripe does not implement ``description``; the gateway sends it and drops it there.
+    # Sent as real Stripe expects; our localstripe launcher accepts it like Stripe does.
     customer_id, pm_id = _customer_with_card(gateway)
     for _ in range(2):
         key = _key()
