@@ -1,0 +1,130 @@
+"""Replay recorded histories against today's workflow code: a non-determinism fails CI.
+
+The histories in ``tests/replay/histories`` were recorded from real runs (every run of each
+continue-as-new chain): trial conversion and renewals, dunning to cancellation, and a change with
+approval, pause and resume, then cancellation. Any change to the workflow that would break a
+running subscription on deploy fails here; ship such changes behind ``workflow.patched``.
+
+Re-record (only when a change is deliberately incompatible and no such workflow runs anywhere):
+``OMS_RECORD_HISTORIES=1 pytest tests/replay -k record``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from activities.gateway import StripeGateway
+from models.ids import subscription_workflow_id
+from models.subscription import Actor
+from starter.service import SubscribeRequest
+from tests.workflows.conftest import TEST_API_KEY, Stack, open_stack
+from tests.workflows.test_subscription_lifecycle import DECLINING_CARD, OK_CARD, skip_to
+from workflows.subscription import SubscriptionWorkflow
+
+HISTORIES = Path(__file__).parent / "histories"
+OPS = Actor(actor="sam", channel="cli")
+
+
+def recorded() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+@pytest.mark.parametrize("path", recorded(), ids=lambda p: p.stem)
+async def test_recorded_history_replays_on_current_code(path: Path) -> None:
+    replayer = Replayer(workflows=[SubscriptionWorkflow], data_converter=pydantic_data_converter)
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    await replayer.replay_workflow(history)
+
+
+def test_histories_cover_every_phase() -> None:
+    names = {p.stem.rsplit("-run", 1)[0] for p in recorded()}
+    assert names == {"renewals", "dunning", "changes"}
+    assert len(recorded()) >= 6
+
+
+async def _chain(client: Client, sub: str) -> list[str]:
+    """JSON histories of every run of a subscription's chain, oldest first."""
+    wid = subscription_workflow_id(sub)
+    run_id: str | None = (await client.get_workflow_handle(wid).describe()).run_id
+    out: list[str] = []
+    while run_id:
+        history = await client.get_workflow_handle(wid, run_id=run_id).fetch_history()
+        out.append(history.to_json())
+        first = history.events[0].workflow_execution_started_event_attributes
+        run_id = first.continued_execution_run_id or None
+    return list(reversed(out))
+
+
+def _save(name: str, runs: list[str]) -> None:
+    for i, text in enumerate(runs, 1):
+        (HISTORIES / f"{name}-run{i}.json").write_text(
+            json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+        )
+
+
+@pytest.mark.skipif(not os.environ.get("OMS_RECORD_HISTORIES"), reason="re-records histories")
+async def test_record_histories(engine: Engine, localstripe_url: str) -> None:
+    gateway = StripeGateway(TEST_API_KEY, api_base=localstripe_url, max_network_retries=0)
+    async with open_stack(engine, gateway) as stack:
+        _save("renewals", await _renewals(stack))
+    async with open_stack(engine, gateway) as stack:
+        _save("dunning", await _dunning(stack))
+    async with open_stack(engine, gateway) as stack:
+        _save("changes", await _changes(stack))
+
+
+async def _subscribe(stack: Stack, card: str, **kw: object) -> str:
+    pm = stack.gateway.create_test_payment_method(card)
+    started = await stack.service.subscribe(
+        SubscribeRequest(email=f"{kw.pop('who')}@example.com", payment_method_id=pm, **kw),  # type: ignore[arg-type]
+        OPS,
+        now=await stack.now(),
+    )
+    return started.subscription_id
+
+
+async def _renewals(stack: Stack) -> list[str]:
+    await skip_to(stack, datetime(2027, 1, 17, 12, tzinfo=UTC))
+    sub = await _subscribe(stack, OK_CARD, who="rn", plan_id="pro")
+    await stack.env.sleep(timedelta(days=50))
+    await stack.service.cancel(sub, True, OPS)
+    await stack.service.uncancel(sub, OPS)
+    await stack.service.cancel(sub, True, OPS)
+    await stack.env.sleep(timedelta(days=35))
+    return await _chain(stack.env.client, sub)
+
+
+async def _dunning(stack: Stack) -> list[str]:
+    sub = await _subscribe(stack, DECLINING_CARD, who="dn", plan_id="pro", trial_days=1)
+    for _ in range(40):
+        await stack.env.sleep(timedelta(hours=12))
+    return await _chain(stack.env.client, sub)
+
+
+async def _changes(stack: Stack) -> list[str]:
+    await skip_to(stack, datetime(2027, 4, 1, 9, tzinfo=UTC))
+    sub = await _subscribe(stack, OK_CARD, who="cg", plan_id="pro", quantity=20, trial_days=0)
+    await stack.env.sleep(timedelta(days=5))
+    svc = stack.service
+    await svc.change(
+        sub, plan_id=None, quantity=21, interval=None, when=None, by=OPS, request_id="up"
+    )
+    await svc.change(
+        sub, plan_id=None, quantity=5, interval=None, when=None, by=OPS, request_id="down"
+    )
+    await svc.decide("down", approve=True, approver="alice", reason="ok", channel="cli")
+    await svc.pause(sub, None, OPS, request_id="pz")
+    await stack.env.sleep(timedelta(days=3))
+    await svc.resume(sub, OPS)
+    await stack.env.sleep(timedelta(days=30))
+    await svc.cancel(sub, False, OPS)
+    return await _chain(stack.env.client, sub)
