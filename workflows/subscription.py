@@ -353,14 +353,7 @@ class SubscriptionWorkflow:
         if inv.first_failed_at is None or inv.schedule_start is None:
             # Invoiced but never attempted (a renewal issued while behind): collect in order.
             return await self._collect()
-        step = next_step(
-            st.dunning_rule,
-            failures=inv.failures_in_schedule,
-            schedule_start=inv.schedule_start,
-            first_failed_at=inv.first_failed_at,
-            decline_category=inv.last_decline_category,
-            now=workflow.now(),
-        )
+        step = self._dunning_step(inv)
         self._set_dunning_stage(step)
         if step.final_action == FinalAction.cancel:
             for unpaid in st.open_invoices:
@@ -392,6 +385,18 @@ class SubscriptionWorkflow:
         if step.retry_at is not None and wake_at == step.retry_at:
             return await self._collect()
         return False  # the window ended: the next step is the final action
+
+    def _dunning_step(self, inv: OpenInvoice, now: datetime | None = None) -> DunningStep:
+        """The dunning policy's next step for an unpaid invoice that has failed at least once."""
+        assert inv.schedule_start is not None and inv.first_failed_at is not None
+        return next_step(
+            self.st.dunning_rule,
+            failures=inv.failures_in_schedule,
+            schedule_start=inv.schedule_start,
+            first_failed_at=inv.first_failed_at,
+            decline_category=inv.last_decline_category,
+            now=now or workflow.now(),
+        )
 
     def _renewal_during_dunning_at(self) -> datetime | None:
         rule = self.st.dunning_rule
@@ -462,14 +467,7 @@ class SubscriptionWorkflow:
         inv.failures_in_schedule += 1
         inv.last_decline_category = result.decline_category
         inv.last_decline_code = result.decline_code
-        step = next_step(
-            st.dunning_rule,
-            failures=inv.failures_in_schedule,
-            schedule_start=inv.schedule_start,
-            first_failed_at=inv.first_failed_at,
-            decline_category=inv.last_decline_category,
-            now=now,
-        )
+        step = self._dunning_step(inv, now)
         st.dunning_stage = step.stage
         st.access = step.access.value
         if step.retry_at is not None:
@@ -1725,31 +1723,14 @@ class SubscriptionWorkflow:
     def state(self) -> SubscriptionView:
         """The live state of the subscription."""
         st = self.st
-        current = self._current_period()
-        next_at = self._next_billing_at()
+        snapshot = self._snapshot()
         return SubscriptionView(
-            subscription_id=st.subscription_id,
-            customer_id=st.customer_id,
-            plan_id=st.terms.plan_id,
-            interval=st.terms.interval,
-            currency=st.terms.currency,
-            unit_amount_minor=st.terms.unit_amount_minor,
-            quantity=st.terms.quantity,
-            status=st.status,
-            timezone=st.timezone,
-            anchor=st.anchor,
-            trial_end=st.trial_end,
-            current_period_start=current[0] if current else None,
-            current_period_end=current[1] if current else None,
-            next_billing_date=self._due_date() if next_at else None,
-            next_billing_at=next_at,
-            cancel_at_period_end=st.cancel_at_period_end,
-            canceled_at=st.canceled_at,
+            **snapshot.model_dump(),
+            next_billing_date=self._due_date() if snapshot.next_billing_at else None,
             period_index=st.period_index,
             dunning_stage=st.dunning_stage,
             access=st.access,
             open_invoices=st.open_invoices,
-            payment_method_id=st.payment_method_id,
             account_credit_minor=st.account_credit_minor,
             paused_on=st.paused_on,
             resume_on=st.resume_on,
@@ -1809,14 +1790,7 @@ class SubscriptionWorkflow:
         inv = st.open_invoices[0]
         if inv.first_failed_at is None or inv.schedule_start is None:
             return []
-        step = next_step(
-            st.dunning_rule,
-            failures=inv.failures_in_schedule,
-            schedule_start=inv.schedule_start,
-            first_failed_at=inv.first_failed_at,
-            decline_category=inv.last_decline_category,
-            now=workflow.now(),
-        )
+        step = self._dunning_step(inv)
         events: list[TimelineEvent] = []
         if step.retry_at is not None:
             events.append(
