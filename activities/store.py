@@ -75,6 +75,25 @@ class Store:
                 raise RuntimeError("insert conflicted but no existing row was found")
             return found, False
 
+    @staticmethod
+    def _by(model: type[T], column: Any, value: Any) -> Callable[[Session], T | None]:
+        """A lookup of ``model``'s row whose unique ``column`` equals ``value``."""
+
+        def find(s: Session) -> T | None:
+            return s.exec(select(model).where(column == value)).first()
+
+        return find
+
+    def _update_by(self, model: type[T], column: Any, value: Any, values: dict[str, Any]) -> T:
+        """Set ``values`` (and ``updated_at``) on the row whose unique ``column`` is ``value``."""
+        with self.session() as s:
+            row = s.exec(select(model).where(column == value)).one()
+            for name, new in {**values, "updated_at": utcnow()}.items():
+                setattr(row, name, new)
+            s.add(row)
+            s.commit()
+            return row
+
     # --- customers -----------------------------------------------------------------------
 
     def upsert_customer(self, customer_id: str, email: str, timezone: str) -> Customer:
@@ -270,24 +289,12 @@ class Store:
 
     def begin_payment(self, payment: Payment) -> Payment:
         """Record a charge attempt before any money moves; returns the existing one on a retry."""
-
-        def existing(s: Session) -> Payment | None:
-            return s.exec(
-                select(Payment).where(Payment.idempotency_key == payment.idempotency_key)
-            ).first()
-
-        row, _ = self._insert_once(payment, existing)
+        key = payment.idempotency_key
+        row, _ = self._insert_once(payment, self._by(Payment, Payment.idempotency_key, key))
         return row
 
     def update_payment(self, key: str, **values: Any) -> Payment:
-        with self.session() as s:
-            row = s.exec(select(Payment).where(Payment.idempotency_key == key)).one()
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = utcnow()
-            s.add(row)
-            s.commit()
-            return row
+        return self._update_by(Payment, Payment.idempotency_key, key, values)
 
     def payments(self, subscription_id: str | None = None) -> Sequence[Payment]:
         q = select(Payment).order_by(col(Payment.id))
@@ -331,12 +338,9 @@ class Store:
     # --- account credit and refunds -----------------------------------------------------
 
     def record_credit(self, entry: CreditEntry) -> bool:
-        def existing(s: Session) -> CreditLedgerEntry | None:
-            q = select(CreditLedgerEntry).where(CreditLedgerEntry.entry_key == entry.entry_key)
-            return s.exec(q).first()
-
         _, inserted = self._insert_once(
-            CreditLedgerEntry(**entry.model_dump(), created_at=utcnow()), existing
+            CreditLedgerEntry(**entry.model_dump(), created_at=utcnow()),
+            self._by(CreditLedgerEntry, CreditLedgerEntry.entry_key, entry.entry_key),
         )
         return inserted
 
@@ -350,22 +354,13 @@ class Store:
             return s.exec(q).all()
 
     def begin_refund(self, refund: Refund) -> Refund:
-        def existing(s: Session) -> Refund | None:
-            q = select(Refund).where(Refund.idempotency_key == refund.idempotency_key)
-            return s.exec(q).first()
-
-        row, _ = self._insert_once(refund, existing)
+        """Record a refund before the gateway call; returns the existing one on a retry."""
+        key = refund.idempotency_key
+        row, _ = self._insert_once(refund, self._by(Refund, Refund.idempotency_key, key))
         return row
 
     def update_refund(self, key: str, **values: Any) -> Refund:
-        with self.session() as s:
-            row = s.exec(select(Refund).where(Refund.idempotency_key == key)).one()
-            for name, value in values.items():
-                setattr(row, name, value)
-            row.updated_at = utcnow()
-            s.add(row)
-            s.commit()
-            return row
+        return self._update_by(Refund, Refund.idempotency_key, key, values)
 
     def refunds(self, subscription_id: str) -> Sequence[Refund]:
         with self.session() as s:
@@ -379,9 +374,7 @@ class Store:
     # --- notifications -------------------------------------------------------------------
 
     def enqueue_notification(self, n: Notification) -> bool:
-        def existing(s: Session) -> NotificationRow | None:
-            return s.exec(select(NotificationRow).where(NotificationRow.key == n.key)).first()
-
+        existing = self._by(NotificationRow, NotificationRow.key, n.key)
         _, inserted = self._insert_once(
             NotificationRow(
                 key=n.key,
