@@ -9,6 +9,11 @@ on the gateway's own idempotency window (24 h at Stripe; none at all in localstr
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -32,10 +37,34 @@ log = structlog.get_logger(__name__)
 FINAL_STATUSES = {"succeeded", "declined"}
 
 
-def _progress(step: str) -> None:
-    """Heartbeat between steps, so a dead worker's charge is retried in seconds, not minutes."""
-    if activity.in_activity():
-        activity.heartbeat(step)
+HEARTBEAT_INTERVAL_S = 5.0
+
+
+@contextmanager
+def _heartbeating() -> Iterator[None]:
+    """Heartbeat from a side thread for as long as the block runs.
+
+    A slow gateway call then never looks like a dead worker, while a worker that really died
+    stops heartbeating and its charge is retried (resuming the same intent) within the heartbeat
+    timeout instead of the start-to-close timeout.
+    """
+    if not activity.in_activity():
+        yield
+        return
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the activity context lives in a context variable
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_INTERVAL_S):
+            activity.heartbeat()
+
+    thread = threading.Thread(target=context.run, args=(beat,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _app_error(err: OmsError) -> ApplicationError:
@@ -97,8 +126,7 @@ class PaymentActivities:
             )
         if row.status in FINAL_STATUSES:
             return _result_from_row(row)
-        _progress("recorded")
-        with gateway_call():
+        with _heartbeating(), gateway_call():
             intent_id = row.gateway_intent_id
             if intent_id is None:
                 created = self.gateway.create_payment_intent(
@@ -114,12 +142,13 @@ class PaymentActivities:
                     },
                     description=req.description,
                 )
-                intent_id = created.id
-                # The intent id is durable before the confirm: a retry resumes this intent.
-                self.store.update_payment(key, gateway_intent_id=intent_id)
-                _progress("intent_created")
+                # The intent id is durable before the confirm: a retry resumes this intent. If a
+                # concurrent execution of this attempt stored one first, confirm that one; ours
+                # stays unconfirmed and never moves money.
+                intent_id = self.store.claim_intent(key, created.id)
+                if intent_id != created.id:
+                    log.warning("payment.intent_superseded", idempotency_key=key, orphan=created.id)
             info = self.gateway.confirm_payment_intent(intent_id, idempotency_key=key)
-        _progress("confirmed")
         return self._record_outcome(key, info)
 
     @activity.defn(name="payments.refund")

@@ -293,6 +293,26 @@ class Store:
         row, _ = self._insert_once(payment, self._by(Payment, Payment.idempotency_key, key))
         return row
 
+    def claim_intent(self, key: str, intent_id: str) -> str:
+        """Store ``intent_id`` for the attempt unless one is stored already; the stored id.
+
+        Two executions of one attempt (a timed-out one still running and its retry) may each
+        create an intent; only the first stored is ever confirmed.
+        """
+        with self.session() as s:
+            s.execute(
+                sa.update(Payment)
+                .where(
+                    col(Payment.idempotency_key) == key,
+                    col(Payment.gateway_intent_id).is_(None),
+                )
+                .values(gateway_intent_id=intent_id, updated_at=utcnow())
+            )
+            s.commit()
+            stored = s.exec(select(Payment).where(Payment.idempotency_key == key)).one()
+            assert stored.gateway_intent_id is not None
+            return stored.gateway_intent_id
+
     def update_payment(self, key: str, **values: Any) -> Payment:
         return self._update_by(Payment, Payment.idempotency_key, key, values)
 

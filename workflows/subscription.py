@@ -93,9 +93,11 @@ Status = SubscriptionStatus
 STORE_TIMEOUT = timedelta(seconds=30)
 STORE_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
 GATEWAY_TIMEOUT = timedelta(seconds=60)
-# The charge heartbeats between its steps; a worker that dies mid-charge is noticed after this,
-# and the retry resumes the same PaymentIntent (no second charge).
+# The charge heartbeats every few seconds while it runs; a worker that dies mid-charge is noticed
+# after this, and the retry resumes the same PaymentIntent (no second charge). Its start-to-close
+# covers the gateway's worst case (three calls of 20 s with two network retries each).
 CHARGE_HEARTBEAT = timedelta(seconds=30)
+CHARGE_TIMEOUT = timedelta(minutes=4)
 GATEWAY_RETRY = RetryPolicy(
     maximum_interval=timedelta(minutes=5),
     non_retryable_error_types=[
@@ -437,7 +439,7 @@ class SubscriptionWorkflow:
                 attempt=attempt,
                 description=f"{st.terms.plan_name} {inv.period_start.isoformat()}",
             ),
-            start_to_close_timeout=GATEWAY_TIMEOUT,
+            start_to_close_timeout=CHARGE_TIMEOUT,
             heartbeat_timeout=CHARGE_HEARTBEAT,
             retry_policy=GATEWAY_RETRY,
         )
@@ -507,6 +509,9 @@ class SubscriptionWorkflow:
         self._start_settled = True
 
     async def _cancel_immediately(self, req: CancelRequest) -> None:
+        for unpaid in self.st.open_invoices:  # a past-due subscription's debts stay on record
+            await self._settle(unpaid, "uncollectible", None)
+        self.st.open_invoices.clear()
         decision = self._cancel_decision
         lines: list[InvoiceLine] = []
         if decision is not None and self.st.billed is not None:

@@ -12,15 +12,19 @@ PaymentIntent" and "one charge" are checked where the money is, not only in our 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+import activities.payments as payments_module
 from activities.gateway import METADATA_IDEMPOTENCY_KEY, IntentInfo, StripeGateway
 from activities.gateway_errors import DeclineCategory
 from activities.payments import PaymentActivities
@@ -387,3 +391,63 @@ def test_provision_customer_with_a_card_declined_when_saved_is_a_non_retryable_d
     assert info.value.type == ErrorCode.PAYMENT_DECLINED
     assert info.value.non_retryable
     assert gateway.retrieve_payment_method(pm_id).customer_id is None
+
+
+class SlowConfirm(StripeGateway):
+    """The real gateway, with a confirm that takes a while (a slow issuer)."""
+
+    def confirm_payment_intent(
+        self, intent_id: str, *, idempotency_key: str, off_session: bool = True
+    ) -> IntentInfo:
+        time.sleep(0.5)
+        return super().confirm_payment_intent(
+            intent_id, idempotency_key=idempotency_key, off_session=off_session
+        )
+
+
+def test_a_slow_charge_keeps_heartbeating_from_its_side_thread(
+    store: Store, localstripe_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(payments_module, "HEARTBEAT_INTERVAL_S", 0.05)
+    gateway = make_gateway(localstripe_url, SlowConfirm)
+    beats: list[tuple[Any, ...]] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details)
+    result = env.run(PaymentActivities(gateway, store).charge, charge_request(gateway))
+    assert result.status == "succeeded"
+    assert len(beats) >= 5  # ~0.5 s of confirm at one beat per 50 ms
+
+
+def test_a_concurrent_execution_of_the_same_attempt_confirms_only_the_stored_intent(
+    store: Store, gateway: StripeGateway
+) -> None:
+    req = charge_request(gateway)
+    activities = PaymentActivities(gateway, store)
+    # A timed-out execution created and stored its intent but has not confirmed it yet...
+    store.begin_payment(
+        Payment(
+            idempotency_key=req.idempotency_key,
+            invoice_id=req.invoice_id,
+            subscription_id=req.subscription_id,
+            amount_minor=req.amount_minor,
+            currency=req.currency,
+            status="pending",
+            created_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+        )
+    )
+    first = gateway.create_payment_intent(
+        amount_minor=req.amount_minor,
+        currency=req.currency,
+        customer_id=req.gateway_customer_id,
+        payment_method_id=req.payment_method_id,
+        idempotency_key=req.idempotency_key,
+        metadata={"subscription_id": req.subscription_id},
+    )
+    assert store.claim_intent(req.idempotency_key, first.id) == first.id
+    # ...a late claim by another execution is refused: the stored intent wins.
+    assert store.claim_intent(req.idempotency_key, "pi_other") == first.id
+    result = activities.charge(req)
+    assert result.intent_id == first.id and result.status == "succeeded"
+    succeeded = [i for i in intents_for(gateway, req.idempotency_key) if i.status == "succeeded"]
+    assert [i.id for i in succeeded] == [first.id]

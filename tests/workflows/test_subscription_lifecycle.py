@@ -154,8 +154,9 @@ async def test_declined_first_payment_refuses_the_subscription_with_a_code(stack
 
 
 async def test_declined_renewal_marks_the_subscription_past_due(stack: Stack) -> None:
-    sub = await subscribe(stack, card=DECLINING_CARD, trial_days=3)
-    await stack.env.sleep(timedelta(days=3, hours=12))
+    await skip_to(stack, datetime(2027, 2, 1, 6, tzinfo=UTC))
+    sub = await subscribe(stack, card=DECLINING_CARD, trial_days=3)  # charge 2027-02-04 00:00
+    await skip_to(stack, datetime(2027, 2, 4, 12, tzinfo=UTC))  # before the +1 day retry
     view = await stack.service.status(sub)
     assert not isinstance(view, dict) and view.status == SubscriptionStatus.past_due
     assert view.dunning_stage == "retrying" and len(view.open_invoices) == 1
