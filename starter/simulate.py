@@ -1,0 +1,681 @@
+"""``oms simulate`` and ``oms kpis``: measure renewals on the real code paths, and report KPIs.
+
+``oms simulate`` runs N subscriptions for M months on the time-skipping test server in a few
+seconds to minutes: the real workflow, the real activities and database (a fresh SQLite file in a
+temporary directory, or ``--database-url``), and the real gateway path to a private localstripe
+process, with :class:`activities.fault_injection.InjectedDeclines` declining a share ``R`` of the
+confirmations (``hard_share`` of them hard). Each attempt has a new idempotency key and is decided
+afresh, so a soft decline recovers on a dunning retry with probability ``1 - R``. A hard decline
+waits for a new card: a seeded share of those customers (``--card-update-share``) adds one a few
+days later through the same update the CLI and API use.
+
+Customers are a seeded mix of the catalog (plans, intervals, currencies, quantities, time zones,
+anchor days, trials), starting on days spread over the first weeks. The virtual clock moves one day
+at a time; afterwards every workflow is left to finish what it started, the database is reconciled
+against the gateway (:mod:`activities.reconcile`) and the KPIs are read from the database
+(:mod:`models.kpis` has the definitions). The output is one JSON object (``--json``) whose keys
+are a stable contract: ``renewals_due``, ``renewals_paid``, ``renewal_success_rate``,
+``first_attempt_failure_rate``, ``double_charges``, ``uncharged_periods``, ``wall_s``, and more.
+
+``oms kpis`` reads the same KPIs from the configured database for a date range.
+
+Mount both at the top level of the ``oms`` app: ``app.add_typer(simulate.app)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import structlog
+import typer
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import col
+from temporalio.client import Client, WorkflowExecutionDescription
+from temporalio.testing import WorkflowEnvironment
+
+from activities.db import create_db_engine, create_schema
+from activities.fault_injection import InjectedDeclines
+from activities.kpis import kpi_report
+from activities.reconcile import ReconciliationReport, reconcile
+from activities.store import Store
+from activities.tables import AuditLog, Payment
+from models.calendar import billing_date
+from models.catalog import Catalog, default_catalog
+from models.errors import ErrorCode, OmsError
+from models.ids import subscription_workflow_id
+from models.kpis import KpiReport, StepRecovery
+from models.subscription import Actor
+from starter.service import OmsService, SubscribeRequest
+from workers.main import Dependencies, build_worker
+from workers.servers import start_time_skipping
+
+log = structlog.get_logger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM_API_KEY = "sk_test_oms_simulation"
+VISA = "4242424242424242"
+TIMEZONES = (
+    "UTC",
+    "America/New_York",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
+PLAN_WEIGHTS = {"starter": 30, "pro": 30, "business": 12, "enterprise": 5, "coffee-beans": 23}
+HARD_CATEGORIES = ("hard", "authentication_required")
+SUBSCRIBE_CONCURRENCY = 16
+WORKER_THREADS = 32
+QUIESCE_TIMEOUT_S = 120.0
+# Started, first workflow task scheduled, started, completed.
+FIRST_TASK_DONE_EVENTS = 4
+
+app = typer.Typer(add_completion=False)
+
+
+# --- local processes ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Block until something accepts connections on ``127.0.0.1:port``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+class FakeStripeProcess:
+    """localstripe (``starter.fakestripe``) on a loopback port, stoppable and restartable.
+
+    With a ``state`` file the data survives a stop, so a restart on the same port is a gateway
+    outage, not a reset. Stop it with SIGTERM for that: the request in progress completes and the
+    file is written. (localstripe also writes the file while it builds an object, so a SIGKILL in
+    the middle of a request can leave a half-built object there that breaks its list endpoint.)
+    """
+
+    def __init__(self, port: int | None = None, state: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.state = state
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        """Start it and wait until it accepts connections."""
+        if self.running:
+            return
+        cmd = [sys.executable, "-m", "starter.fakestripe", "--port", str(self.port)]
+        if self.state is not None:
+            cmd += ["--state", str(self.state)]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for_port(self.port, self.proc)
+        except BaseException:
+            self.stop(kill=True)
+            raise
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP): connections are accepted by the kernel but never answered."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause` (SIGCONT): the queued requests are answered."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop it (SIGTERM, or SIGKILL with ``kill``) and wait for the process to exit."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> FakeStripeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --- the customer mix ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimCustomer:
+    """One simulated customer's order."""
+
+    index: int
+    start_day: int
+    request: SubscribeRequest
+
+
+def plan_customers(
+    n: int, seed: int, catalog: Catalog, start_spread_days: int = 28
+) -> list[SimCustomer]:
+    """``n`` orders drawn from the catalog, deterministic for a seed.
+
+    Plans by :data:`PLAN_WEIGHTS`, any of the plan's prices, a time zone from
+    :data:`TIMEZONES`; about a third of month-interval orders bill on an anchor day; trials follow
+    the plan (some customers skip a plan's trial, some get one on a plan without); one in ten
+    orders more than one seat. Start days are spread over ``[0, start_spread_days)``.
+    """
+    rng = random.Random(seed)
+    plans = {p.plan_id: p for p in catalog.plans}
+    weighted = [pid for pid in PLAN_WEIGHTS if pid in plans]
+    weights = [PLAN_WEIGHTS[pid] for pid in weighted]
+    customers = []
+    for i in range(n):
+        plan = plans[rng.choices(weighted, weights)[0]]
+        price = rng.choice(plan.prices)
+        trial: int | None
+        if plan.trial_days:
+            trial = None if rng.random() < 0.7 else 0
+        else:
+            trial = 7 if rng.random() < 0.2 else 0
+        anchor_day = rng.randint(1, 31) if price.interval.months and rng.random() < 0.35 else None
+        quantity = rng.randint(2, 5) if rng.random() < 0.1 else 1
+        customers.append(
+            SimCustomer(
+                index=i,
+                start_day=rng.randrange(max(1, start_spread_days)),
+                request=SubscribeRequest(
+                    email=f"sim{seed}-{i}@example.com",
+                    plan_id=plan.plan_id,
+                    interval=price.interval.value,
+                    currency=price.currency,
+                    trial_days=trial,
+                    quantity=quantity,
+                    timezone=rng.choice(TIMEZONES),
+                    anchor_day=anchor_day,
+                    request_id=f"sim-{seed}-{i}",
+                ),
+            )
+        )
+    return customers
+
+
+# --- the simulation ------------------------------------------------------------------------
+
+
+class SimulationConfig(BaseModel):
+    """What to simulate."""
+
+    subscriptions: int = Field(ge=1, le=20_000)
+    months: int = Field(ge=1, le=120)
+    decline_rate: float = Field(ge=0, le=1)
+    hard_share: float = Field(default=0.1, ge=0, le=1)
+    seed: int = 0
+    card_update_share: float = Field(default=0.5, ge=0, le=1)
+    start_spread_days: int = Field(default=28, ge=1, le=366)
+    database_url: str | None = None
+
+
+class SimulationResult(BaseModel):
+    """The simulation's figures (the ``--json`` contract; keys are only ever added)."""
+
+    subscriptions: int
+    months: int
+    decline_rate: float
+    hard_share: float
+    seed: int
+    started: int
+    refused_at_start: int
+    card_updates: int
+    renewals_due: int
+    renewals_paid: int
+    renewals_pending: int
+    renewal_success_rate: float | None
+    first_charges_due: int
+    first_charges_paid: int
+    first_attempt_failure_rate: float | None
+    recovery_by_step: list[StepRecovery]
+    dunning_recovery_rate: float | None
+    involuntary_churn: float | None
+    involuntary_churned: int
+    double_charges: int
+    uncharged_periods: int
+    payment_mismatches: int
+    orphan_intents: int
+    unrecorded_charges: int
+    invoices: int
+    payments: int
+    simulated_from: datetime
+    simulated_to: datetime
+    wall_s: float
+    kpis: KpiReport
+    reconciliation: ReconciliationReport
+
+
+Progress = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def _db_is_empty(store: Store) -> bool:
+    with store.session() as s:
+        return int(s.execute(select(func.count()).select_from(Payment)).scalar_one()) == 0
+
+
+def _new_hard_declines(store: Store, after_id: int) -> tuple[list[str], int]:
+    """Subscriptions with a hard decline audited after ``after_id``; and the last id seen."""
+    with store.session() as s:
+        rows = s.execute(
+            select(col(AuditLog.id), col(AuditLog.subscription_id), col(AuditLog.details))
+            .where(col(AuditLog.id) > after_id, col(AuditLog.action) == "payment_failed")
+            .order_by(col(AuditLog.id))
+        ).all()
+    hard = [
+        r[1] for r in rows if json.loads(r[2] or "{}").get("decline_category") in HARD_CATEGORIES
+    ]
+    return hard, max([after_id, *(r[0] or 0 for r in rows)])
+
+
+def workflow_busy(desc: WorkflowExecutionDescription) -> bool:
+    """True while a workflow run has work outstanding: an activity, a workflow task, or its first
+    workflow task not yet done.
+
+    The last one matters: the dev server delays the first workflow task of a run that continued
+    as new about a second after a short previous run (observed with Temporal CLI 1.9.1), and
+    meanwhile the new run shows neither a pending workflow task nor a pending activity.
+    """
+    raw = desc.raw_description
+    started = raw.workflow_execution_info.history_length >= FIRST_TASK_DONE_EVENTS
+    return bool(raw.pending_activities) or raw.HasField("pending_workflow_task") or not started
+
+
+async def wait_idle(client: Client, subscription_ids: list[str], timeout_s: float) -> None:
+    """Wait until no subscription workflow is busy (see :func:`workflow_busy`), twice in a row."""
+    deadline = time.monotonic() + timeout_s
+    calm = 0
+    while calm < 2:
+        busy = 0
+        for sub in subscription_ids:
+            handle = client.get_workflow_handle(subscription_workflow_id(sub))
+            busy += workflow_busy(await handle.describe())
+        calm = calm + 1 if busy == 0 else 0
+        if calm < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{busy} workflow(s) still busy after {timeout_s:.0f}s")
+            await asyncio.sleep(0.5)
+
+
+async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> SimulationResult:
+    """Run the simulation described by ``cfg``; every process it starts is stopped before return.
+
+    Raises:
+        OmsError: ``INVALID_REQUEST`` when ``database_url`` names a database that already holds
+            payments (the figures would mix two runs).
+    """
+    started_wall = time.monotonic()
+    catalog = default_catalog()
+    customers = plan_customers(cfg.subscriptions, cfg.seed, catalog, cfg.start_spread_days)
+    rng = random.Random(f"{cfg.seed}:card-updates")
+    with tempfile.TemporaryDirectory(prefix="oms-sim-") as tmp:
+        url = cfg.database_url or f"sqlite:///{Path(tmp) / 'oms.db'}"
+        engine = create_db_engine(url)
+        fake = FakeStripeProcess()
+        env = None
+        try:
+            create_schema(engine)
+            store = Store(engine)
+            if not _db_is_empty(store):
+                raise OmsError(
+                    ErrorCode.INVALID_REQUEST,
+                    "the simulation needs an empty database; this one already holds payments",
+                )
+            fake.start()
+            gateway = InjectedDeclines(
+                SIM_API_KEY,
+                api_base=fake.url,
+                decline_rate=cfg.decline_rate,
+                hard_share=cfg.hard_share,
+                seed=cfg.seed,
+            )
+            env = await start_time_skipping()
+            task_queue = f"sim-{uuid.uuid4().hex[:8]}"
+            service = OmsService(
+                env.client, store, catalog, task_queue=task_queue, search_attributes=False
+            )
+            progress(
+                f"simulating {cfg.subscriptions} subscriptions for {cfg.months} months "
+                f"(decline rate {cfg.decline_rate}, seed {cfg.seed}); database {engine.url!r}"
+            )
+            with ThreadPoolExecutor(max_workers=WORKER_THREADS) as executor:
+                worker = build_worker(
+                    env.client,
+                    task_queue,
+                    Dependencies(engine, gateway),
+                    executor,
+                    max_concurrent_activities=WORKER_THREADS,
+                )
+                async with worker:
+                    sim = _Run(cfg, service, gateway, customers, rng, progress)
+                    await sim.run(env)
+                    progress("letting the workflows finish what they started")
+                    await wait_idle(env.client, sim.subscription_ids, QUIESCE_TIMEOUT_S)
+                    end = await env.get_current_time()
+                    progress("reconciling the database against the gateway")
+                    recon = await asyncio.to_thread(reconcile, store, gateway, end)
+                    kpis = await asyncio.to_thread(kpi_report, store)
+        finally:
+            if env is not None:
+                await env.shutdown()
+            fake.stop()
+            engine.dispose()
+    return SimulationResult(
+        subscriptions=cfg.subscriptions,
+        months=cfg.months,
+        decline_rate=cfg.decline_rate,
+        hard_share=cfg.hard_share,
+        seed=cfg.seed,
+        started=len(sim.subscription_ids),
+        refused_at_start=sim.refused,
+        card_updates=sim.card_updates,
+        renewals_due=kpis.renewals_due,
+        renewals_paid=kpis.renewals_paid,
+        renewals_pending=kpis.renewals_pending,
+        renewal_success_rate=kpis.renewal_success_rate,
+        first_charges_due=kpis.first_charges_due,
+        first_charges_paid=kpis.first_charges_paid,
+        first_attempt_failure_rate=kpis.first_attempt_failure_rate,
+        recovery_by_step=kpis.recovery_by_step,
+        dunning_recovery_rate=kpis.dunning_recovery_rate,
+        involuntary_churn=kpis.involuntary_churn,
+        involuntary_churned=kpis.involuntary_churned,
+        double_charges=len(recon.double_charges),
+        uncharged_periods=len(recon.uncharged_periods),
+        payment_mismatches=len(recon.mismatches),
+        orphan_intents=len(recon.orphan_intents),
+        unrecorded_charges=len(recon.unrecorded_charges),
+        invoices=kpis.invoices,
+        payments=kpis.payments,
+        simulated_from=sim.start,
+        simulated_to=end,
+        wall_s=round(time.monotonic() - started_wall, 2),
+        kpis=kpis,
+        reconciliation=recon,
+    )
+
+
+class _Run:
+    """The day-by-day loop of one simulation."""
+
+    def __init__(
+        self,
+        cfg: SimulationConfig,
+        service: OmsService,
+        gateway: InjectedDeclines,
+        customers: list[SimCustomer],
+        rng: random.Random,
+        progress: Progress,
+    ) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.gateway = gateway
+        self.customers = customers
+        self.rng = rng
+        self.progress = progress
+        self.subscription_ids: list[str] = []
+        self.refused = 0
+        self.card_updates = 0
+        self.updates_due: dict[int, list[str]] = {}
+        self.audit_seen = 0
+        self.start = datetime.min
+        self.by = Actor(actor="simulation", channel="cli")
+
+    async def run(self, env: WorkflowEnvironment) -> None:
+        self.start = await env.get_current_time()
+        first_day = self.start.date()
+        days = (billing_date(first_day, 1, self.cfg.months) - first_day).days
+        by_day: dict[int, list[SimCustomer]] = {}
+        for c in self.customers:
+            by_day.setdefault(c.start_day, []).append(c)
+        limit = asyncio.Semaphore(SUBSCRIBE_CONCURRENCY)
+        for day in range(days):
+            batch = by_day.get(day, [])
+            if batch:
+                now = await env.get_current_time()
+                await asyncio.gather(*(self._subscribe(c, now, limit) for c in batch))
+            for sub in self.updates_due.pop(day, []):
+                await self._update_card(sub)
+            await env.sleep(timedelta(days=1))
+            await self._schedule_card_updates(day)
+            if (day + 1) % 30 == 0 or day + 1 == days:
+                self.progress(
+                    f"day {day + 1}/{days}: {len(self.subscription_ids)} started, "
+                    f"{self.refused} refused at start, {self.card_updates} card updates"
+                )
+
+    async def _subscribe(self, c: SimCustomer, now: datetime, limit: asyncio.Semaphore) -> None:
+        async with limit:
+            pm = await asyncio.to_thread(self.gateway.create_test_payment_method, VISA)
+            req = c.request.model_copy(update={"payment_method_id": pm})
+            try:
+                result = await self.service.subscribe(req, self.by, now=now)
+            except OmsError as err:
+                if err.code != ErrorCode.PAYMENT_DECLINED:
+                    raise
+                self.refused += 1
+                return
+            self.subscription_ids.append(result.subscription_id)
+
+    async def _schedule_card_updates(self, day: int) -> None:
+        subs, self.audit_seen = await asyncio.to_thread(
+            _new_hard_declines, self.service.store, self.audit_seen
+        )
+        for sub in subs:
+            if self.rng.random() < self.cfg.card_update_share:
+                self.updates_due.setdefault(day + 1 + self.rng.randint(1, 3), []).append(sub)
+
+    async def _update_card(self, sub: str) -> None:
+        pm = await asyncio.to_thread(self.gateway.create_test_payment_method, VISA)
+        try:
+            await self.service.update_payment_method(sub, pm, self.by)
+        except OmsError as err:
+            log.info("simulation.card_update_refused", subscription_id=sub, code=err.code.value)
+            return
+        self.card_updates += 1
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _configure_cli_logging() -> None:
+    """stdout is the command's output: send logs to stderr unless ``oms`` already did."""
+    if not structlog.is_configured():
+        from workers.logs import configure_logging
+
+        configure_logging(level=os.environ.get("OMS_LOG_LEVEL", "WARNING"), json=False)
+
+
+def _fmt_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _fail(err: OmsError, as_json: bool) -> NoReturn:
+    from starter.cli import fail
+
+    fail(err, as_json)
+
+
+@app.command()
+def simulate(
+    subscriptions: int = typer.Option(..., "--subscriptions", "-n", help="How many customers."),
+    months: int = typer.Option(..., help="How many months of virtual time."),
+    decline_rate: float = typer.Option(
+        ..., help="Share of charge attempts declined (0..1), each attempt drawn afresh."
+    ),
+    hard_share: float = typer.Option(0.1, help="Share of those declines that are hard (0..1)."),
+    seed: int = typer.Option(0, help="Seed of the customer mix and the declines."),
+    card_update_share: float = typer.Option(
+        0.5, help="Share of hard-declined customers who add a new card a few days later."
+    ),
+    database_url: str = typer.Option(
+        None, help="An empty database to use instead of a temporary SQLite file."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Simulate N subscriptions for M months on the time-skipping server; print KPIs."""
+    from starter.cli import emit_json, table
+
+    _configure_cli_logging()
+    try:
+        cfg = SimulationConfig(
+            subscriptions=subscriptions,
+            months=months,
+            decline_rate=decline_rate,
+            hard_share=hard_share,
+            seed=seed,
+            card_update_share=card_update_share,
+            database_url=database_url,
+        )
+    except ValueError as err:
+        _fail(OmsError(ErrorCode.INVALID_REQUEST, str(err).splitlines()[-1]), as_json)
+
+    def progress(message: str) -> None:
+        typer.echo(f"simulate: {message}", err=True)
+
+    try:
+        result = asyncio.run(run_simulation(cfg, progress))
+    except OmsError as err:
+        _fail(err, as_json)
+    except SQLAlchemyError as err:
+        _fail(OmsError(ErrorCode.DATABASE_UNAVAILABLE, f"database error: {err}"), as_json)
+    if as_json:
+        emit_json(result.model_dump(mode="json", exclude={"kpis", "reconciliation"}))
+        return
+    rows: list[list[Any]] = [
+        ["subscriptions", f"{result.subscriptions} ({result.started} started)"],
+        ["months", result.months],
+        ["decline rate", f"{result.decline_rate} (hard share {result.hard_share})"],
+        ["renewals due", result.renewals_due],
+        ["renewals paid", result.renewals_paid],
+        ["renewals still in dunning", result.renewals_pending],
+        ["renewal success rate", _fmt_rate(result.renewal_success_rate)],
+        ["first-attempt failure rate", _fmt_rate(result.first_attempt_failure_rate)],
+        ["dunning recovery rate", _fmt_rate(result.dunning_recovery_rate)],
+        *[
+            [f"recovery at retry {s.attempt}", f"{_fmt_rate(s.rate)} of {s.attempted}"]
+            for s in result.recovery_by_step
+        ],
+        ["involuntary churn", _fmt_rate(result.involuntary_churn)],
+        ["double charges", result.double_charges],
+        ["uncharged periods", result.uncharged_periods],
+        ["payment rows not matching the gateway", result.payment_mismatches],
+        ["wall time", f"{result.wall_s:.1f} s"],
+    ]
+    table(rows, ["figure", "value"])
+
+
+def _parse_day(value: str | None, name: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise OmsError(
+            ErrorCode.INVALID_REQUEST, f"{name} must be a date like 2027-01-31, not {value!r}"
+        ) from None
+
+
+@app.command()
+def kpis(
+    since: str = typer.Option(None, help="First billing date included (YYYY-MM-DD)."),
+    until: str = typer.Option(None, help="First billing date excluded (YYYY-MM-DD)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Renewal success, first-attempt failures, recovery by dunning step, churn (from the DB)."""
+    from starter.cli import emit_json, table
+    from workers.config import load_config
+
+    _configure_cli_logging()
+    engine = None
+    try:
+        start, end = _parse_day(since, "--since"), _parse_day(until, "--until")
+        if start is not None and end is not None and start >= end:
+            raise OmsError(ErrorCode.INVALID_REQUEST, "--since must be before --until")
+        engine = create_db_engine(load_config().database.url)
+        report = kpi_report(Store(engine), start, end)
+    except OmsError as err:
+        _fail(err, as_json)
+    except SQLAlchemyError as err:
+        _fail(OmsError(ErrorCode.DATABASE_UNAVAILABLE, f"cannot read the database: {err}"), as_json)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    if as_json:
+        emit_json(report)
+        return
+    rows: list[list[Any]] = [
+        ["range", f"{since or '-'} .. {until or '-'} (billing dates, end excluded)"],
+        ["renewals due", report.renewals_due],
+        ["renewals paid in the dunning window", report.renewals_paid],
+        ["renewals still in dunning", report.renewals_pending],
+        ["renewal success rate", _fmt_rate(report.renewal_success_rate)],
+        ["first charges due / paid", f"{report.first_charges_due} / {report.first_charges_paid}"],
+        ["first-attempt failure rate", _fmt_rate(report.first_attempt_failure_rate)],
+        *[
+            [f"recovery at retry {s.attempt}", f"{_fmt_rate(s.rate)} of {s.attempted}"]
+            for s in report.recovery_by_step
+        ],
+        ["dunning recovery rate", _fmt_rate(report.dunning_recovery_rate)],
+        ["subscriptions live in range", report.subscriptions_live],
+        [
+            "involuntary churn",
+            f"{_fmt_rate(report.involuntary_churn)} ({report.involuntary_churned})",
+        ],
+    ]
+    table(rows, ["kpi", "value"])
