@@ -34,6 +34,8 @@ from models.subscription import (
     Timeline,
 )
 from starter.context import connect_temporal, make_service
+from starter.intake_api import router as intake_router
+from starter.kpis_api import router as kpis_router
 from starter.service import OmsService, SubscribeRequest
 from workers.config import Config, load_config
 from workers.logs import configure_logging
@@ -368,6 +370,8 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    app.include_router(intake_router)
+    app.include_router(kpis_router)
     return app
 
 

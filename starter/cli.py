@@ -6,26 +6,23 @@ non-zero with ``error CODE: message`` on stderr (with ``--json``: ``{"error": {.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import date, datetime
-from enum import Enum
-from typing import Any, NoReturn, TypeVar
+from datetime import date
+from typing import Any, TypeVar
 
 import typer
-from pydantic import BaseModel
 
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError
 from models.money import format_money
-from models.subscription import Actor
-from starter.context import open_service
+from starter.intake_cli import app as intake_app
+from starter.output import JsonOpt, actor, emit_json, fail, plain, run_service, table
 from starter.quote import app as quote_app
 from starter.service import OmsService, SubscribeRequest
-from workers.config import Config, load_config
+from starter.simulate import kpis as kpis_command
+from starter.simulate import simulate as simulate_command
+from workers.config import load_config
 from workers.logs import configure_logging
 
 T = TypeVar("T")
@@ -40,72 +37,7 @@ dev_app = typer.Typer(
 )
 app.add_typer(dev_app, name="dev")
 app.add_typer(quote_app, name="quote")
-
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
-UNAVAILABLE = {
-    ErrorCode.TEMPORAL_UNAVAILABLE,
-    ErrorCode.GATEWAY_UNAVAILABLE,
-    ErrorCode.DATABASE_UNAVAILABLE,
-    ErrorCode.TIMEOUT,
-}
-
-
-# --- output helpers ---------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    return value
-
-
-def emit_json(value: Any) -> None:
-    typer.echo(json.dumps(_plain(value), indent=2, sort_keys=False))
-
-
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    typer.echo("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def fail(err: OmsError, as_json: bool) -> NoReturn:
-    if as_json:
-        emit_json({"error": {"code": err.code.value, "message": err.message}})
-    else:
-        typer.echo(f"error {err.code.value}: {err.message}", err=True)
-    raise typer.Exit(3 if err.code in UNAVAILABLE else 2)
-
-
-def run_service(
-    as_json: bool, action: Callable[[OmsService], Awaitable[T]], config: Config | None = None
-) -> T:
-    """Run one async operation with a connected service, turning errors into exit codes."""
-
-    async def go() -> T:
-        async with open_service(config or load_config()) as service:
-            return await action(service)
-
-    try:
-        return asyncio.run(go())
-    except OmsError as err:
-        fail(err, as_json)
-
-
-def actor(as_: str | None, reason: str | None = None, request_id: str | None = None) -> Actor:
-    return Actor(actor=as_ or "cli", channel="cli", reason=reason, request_id=request_id)
+app.add_typer(intake_app, name="intake")
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -204,7 +136,7 @@ def subscribe(
 def status(subscription_id: str, as_json: bool = JsonOpt) -> None:
     """Show a subscription's live state."""
     view = run_service(as_json, lambda s: s.status(subscription_id))
-    data = _plain(view)
+    data = plain(view)
     if as_json:
         emit_json(data)
         return
@@ -588,6 +520,10 @@ def dev_up() -> None:
     from starter.devstack import run
 
     raise typer.Exit(run(load_config()))
+
+
+app.command("simulate")(simulate_command)
+app.command("kpis")(kpis_command)
 
 
 @app.command()
