@@ -42,6 +42,8 @@ from workers.logs import configure_logging
 
 log = structlog.get_logger(__name__)
 
+CONNECT_S = 5.0
+
 
 class CancelBody(BaseModel):
     at_period_end: bool | None = Field(
@@ -108,7 +110,16 @@ class Runtime:
     async def service(self) -> OmsService:
         async with self._lock:
             if self._service is None:
-                client = await connect_temporal(self.config)
+                try:
+                    # Bounded: while Temporal is down, requests fail fast instead of queueing
+                    # behind one another's connection attempts.
+                    client = await asyncio.wait_for(connect_temporal(self.config), CONNECT_S)
+                except TimeoutError:
+                    raise OmsError(
+                        ErrorCode.TEMPORAL_UNAVAILABLE,
+                        f"Temporal at {self.config.temporal.address} did not answer "
+                        f"within {CONNECT_S:g} s",
+                    ) from None
                 self._service = make_service(self.config, client, self.store)
             return self._service
 

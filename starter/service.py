@@ -525,6 +525,9 @@ class _temporal_errors:
                     f"subscription {self.subscription_id} already existed and has ended; "
                     "use a new request id",
                 ) from exc
+            if exc.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.FAILED_PRECONDITION):
+                # A request Temporal refused: not an outage, so not worth retrying.
+                raise OmsError(ErrorCode.INVALID_REQUEST, exc.message) from exc
             raise _unavailable(exc) from exc
 
 
