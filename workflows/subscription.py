@@ -71,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         PendingChange,
         PendingView,
         ProvisionCustomer,
+        ProvisionedCustomer,
         RefundRequest,
         ResumeRequest,
         StartRequest,
@@ -175,17 +176,7 @@ class SubscriptionWorkflow:
         """Provision the customer at the gateway, then record the creation."""
         st = self.st
         try:
-            provisioned = await workflow.execute_activity_method(
-                PaymentActivities.provision_customer,
-                ProvisionCustomer(
-                    customer_id=st.customer_id,
-                    email=st.email,
-                    timezone=st.timezone,
-                    payment_method_id=st.payment_method_id,
-                ),
-                start_to_close_timeout=GATEWAY_TIMEOUT,
-                retry_policy=GATEWAY_RETRY,
-            )
+            provisioned = await self._provision(st.payment_method_id)
         except ActivityError as err:
             await self._fail_start(_error_code(err), "provisioning failed")
             return
@@ -195,6 +186,21 @@ class SubscriptionWorkflow:
             self._start_settled = True
         else:
             await self._transition("created", Status.incomplete, st.created_by)
+
+    async def _provision(self, payment_method_id: str) -> ProvisionedCustomer:
+        """Create (once) the customer at the gateway and attach ``payment_method_id``."""
+        st = self.st
+        return await workflow.execute_activity_method(
+            PaymentActivities.provision_customer,
+            ProvisionCustomer(
+                customer_id=st.customer_id,
+                email=st.email,
+                timezone=st.timezone,
+                payment_method_id=payment_method_id,
+            ),
+            start_to_close_timeout=GATEWAY_TIMEOUT,
+            retry_policy=GATEWAY_RETRY,
+        )
 
     async def _notice_phase(self, due_at: datetime) -> bool:
         """Send the notice due before ``due_at``; True if the loop must re-evaluate first."""
@@ -848,17 +854,7 @@ class SubscriptionWorkflow:
         """Attach a new card; when something is unpaid, retry it now and report the outcome."""
         st = self.st
         try:
-            await workflow.execute_activity_method(
-                PaymentActivities.provision_customer,
-                ProvisionCustomer(
-                    customer_id=st.customer_id,
-                    email=st.email,
-                    timezone=st.timezone,
-                    payment_method_id=req.payment_method_id,
-                ),
-                start_to_close_timeout=GATEWAY_TIMEOUT,
-                retry_policy=GATEWAY_RETRY,
-            )
+            await self._provision(req.payment_method_id)
         except ActivityError as err:
             raise ApplicationError(
                 "the payment method could not be attached; tokenize the card again",
