@@ -213,15 +213,15 @@ def to_application_error(exc: Exception) -> Exception:
     * ``stripe.RateLimitError`` -> retryable ``ApplicationError(type=GATEWAY_UNAVAILABLE)`` carrying
       ``next_retry_delay`` when the response had ``Retry-After``; otherwise unchanged.
     * ``stripe.APIConnectionError``, ``stripe.APIError`` -> unchanged, so the retry policy retries.
-    * ``stripe.AuthenticationError`` / ``stripe.PermissionError`` -> non-retryable
-      ``ApplicationError(type=GATEWAY_UNAVAILABLE)``: a bad key does not heal by retrying.
+    * ``stripe.AuthenticationError`` / ``stripe.PermissionError`` -> retryable
+      ``ApplicationError(type=GATEWAY_UNAVAILABLE)``: an outage until the key is fixed, never a
+      decline and never a failed workflow.
     * ``stripe.InvalidRequestError`` / ``stripe.IdempotencyError`` -> non-retryable
       ``ApplicationError(type=INVALID_REQUEST)``: the same request gets the same answer.
     * Anything else -> unchanged (closed by default).
 
-    ``GATEWAY_UNAVAILABLE`` is used both for a rate limit (retryable) and for a rejected key
-    (non-retryable); the flag on the error decides, so that type must not be listed in a retry
-    policy's ``non_retryable_error_types``.
+    ``GATEWAY_UNAVAILABLE`` (a rate limit, a rejected key) is always retryable: that type must not
+    be listed in a retry policy's ``non_retryable_error_types``.
 
     Args:
         exc: The exception raised by a gateway call.
@@ -258,12 +258,15 @@ def to_application_error(exc: Exception) -> Exception:
     if isinstance(exc, stripe.APIConnectionError | stripe.APIError):
         return exc
     if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
-        # Stripe's message masks the key, but it adds nothing an operator needs: keep it out.
+        # A revoked or rotated key is an outage of ours, not the customer's decline: it heals when
+        # the key is fixed, so the call is retried with back-off (the retry policy caps the
+        # interval) and the subscription waits instead of failing. Stripe's message masks the key,
+        # but it adds nothing an operator needs: keep it out.
         return ApplicationError(
             "payment gateway refused our credentials; check the configured Stripe API key",
             {"http_status": exc.http_status, "request_id": exc.request_id},
             type=ErrorCode.GATEWAY_UNAVAILABLE.value,
-            non_retryable=True,
+            non_retryable=False,
         )
     if isinstance(exc, stripe.InvalidRequestError | stripe.IdempotencyError):
         return ApplicationError(

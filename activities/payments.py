@@ -22,7 +22,7 @@ from activities.gateway import IntentInfo, StripeGateway
 from activities.gateway_errors import gateway_call
 from activities.store import Store
 from activities.tables import Payment, Refund, utcnow
-from models.errors import OmsError
+from models.errors import ErrorCode, OmsError
 from models.subscription import (
     ChargeRequest,
     ChargeResult,
@@ -121,11 +121,47 @@ class PaymentActivities:
         if row.amount_minor != req.amount_minor or row.currency != req.currency:
             raise ApplicationError(
                 f"attempt {key} was recorded for {row.amount_minor} {row.currency}",
-                type="IDEMPOTENCY_MISMATCH",
+                type=ErrorCode.IDEMPOTENCY_MISMATCH,
                 non_retryable=True,
             )
         if row.status in FINAL_STATUSES:
             return _result_from_row(row)
+        try:
+            return self._charge(req, row)
+        except ApplicationError as err:
+            if err.type != ErrorCode.INVALID_REQUEST:
+                raise
+            # The gateway refused the request itself (a card detached in its dashboard, an amount
+            # it does not take): the same request gets the same answer, so it is a final outcome
+            # of this attempt, recorded as a hard decline for dunning to ask for a new card.
+            row = self.store.update_payment(
+                key,
+                status="declined",
+                decline_code=ErrorCode.GATEWAY_REFUSED.value.lower(),
+                decline_category="hard",
+                failure_message=err.message[:500],
+            )
+            log.warning("payment.refused_by_gateway", idempotency_key=key, reason=err.message)
+            return _result_from_row(row)
+
+    @activity.defn(name="payments.refresh_charge")
+    def refresh_charge(self, req: ChargeRequest) -> ChargeResult:
+        """Look again at an attempt the gateway reported as processing; record how it settled."""
+        row = self.store.payment_by_key(req.idempotency_key)
+        if row is None or row.status in FINAL_STATUSES or row.gateway_intent_id is None:
+            if row is None:
+                raise ApplicationError(
+                    f"no charge attempt {req.idempotency_key}",
+                    type=ErrorCode.DATA_ERROR,
+                    non_retryable=True,
+                )
+            return _result_from_row(row)
+        with gateway_call():
+            info = self.gateway.retrieve_payment_intent(row.gateway_intent_id)
+        return self._record_outcome(req.idempotency_key, info)
+
+    def _charge(self, req: ChargeRequest, row: Payment) -> ChargeResult:
+        key = req.idempotency_key
         with _heartbeating(), gateway_call():
             intent_id = row.gateway_intent_id
             if intent_id is None:

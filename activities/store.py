@@ -7,6 +7,7 @@ exposes its writes to workflows as Temporal activities.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -15,9 +16,10 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import structlog
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from sqlmodel import Session, SQLModel, col, select
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.tables import (
     ApprovalRequest,
@@ -32,6 +34,7 @@ from activities.tables import (
     Subscription,
     utcnow,
 )
+from models.errors import ErrorCode
 from models.subscription import (
     ApprovalRecord,
     AuditEntry,
@@ -46,6 +49,30 @@ from models.subscription import (
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T", bound=SQLModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def data_errors(func: F) -> F:
+    """Turn a write the database refuses as data into a non-retryable ``DATA_ERROR``.
+
+    A value too long for its column, a broken constraint or a missing row gets the same answer on
+    every retry, so retrying it forever would hold the subscription's locks for nothing. Connection
+    problems (``OperationalError``) stay retryable: they heal.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (DataError, IntegrityError, ProgrammingError, LookupError, ValueError) as err:
+            log.error("store.data_error", error=type(err).__name__, activity=func.__name__)
+            raise ApplicationError(
+                f"the database refused the write ({type(err).__name__})",
+                type=ErrorCode.DATA_ERROR,
+                non_retryable=True,
+            ) from err
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Store:
@@ -447,6 +474,7 @@ class StoreActivities:
         self.store = store
 
     @activity.defn(name="store.record_transition")
+    @data_errors
     def record_transition(self, rec: TransitionRecord) -> None:
         written = self.store.write_transition(rec)
         log.info(
@@ -461,6 +489,7 @@ class StoreActivities:
         )
 
     @activity.defn(name="store.write_invoice")
+    @data_errors
     def write_invoice(self, draft: InvoiceDraft) -> None:
         written = self.store.write_invoice(draft)
         log.info(
@@ -472,10 +501,12 @@ class StoreActivities:
         )
 
     @activity.defn(name="store.settle_invoice")
+    @data_errors
     def settle_invoice(self, settlement: InvoiceSettlement) -> None:
         self.store.settle_invoice(settlement)
 
     @activity.defn(name="store.record_approval")
+    @data_errors
     def record_approval(self, rec: ApprovalRecord) -> None:
         self.store.upsert_approval(rec)
         log.info(
@@ -487,6 +518,7 @@ class StoreActivities:
         )
 
     @activity.defn(name="store.record_credit")
+    @data_errors
     def record_credit(self, entry: CreditEntry) -> None:
         inserted = self.store.record_credit(entry)
         log.info(
@@ -499,6 +531,7 @@ class StoreActivities:
         )
 
     @activity.defn(name="store.enqueue_notification")
+    @data_errors
     def enqueue_notification(self, n: Notification) -> None:
         inserted = self.store.enqueue_notification(n)
         log.info(

@@ -57,13 +57,24 @@ class ErrorCode(StrEnum):
     SUBSCRIPTION_CANCELED = "SUBSCRIPTION_CANCELED"
     NOT_CANCELING = "NOT_CANCELING"
 
+    # Test clocks (dev and test deployments only; HTTP 403/404)
+    TEST_CLOCKS_DISABLED = "TEST_CLOCKS_DISABLED"
+    CLOCK_NOT_FOUND = "CLOCK_NOT_FOUND"
+
     # Payments (HTTP 402)
     PAYMENT_DECLINED = "PAYMENT_DECLINED"
+    # The gateway refused the request itself (a detached card, an amount it does not accept):
+    # recorded as a hard decline so dunning asks for a new payment method.
+    GATEWAY_REFUSED = "GATEWAY_REFUSED"
 
     # Infrastructure (HTTP 503)
     TEMPORAL_UNAVAILABLE = "TEMPORAL_UNAVAILABLE"
     GATEWAY_UNAVAILABLE = "GATEWAY_UNAVAILABLE"
     DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    # A write the database refuses as data (too long, a broken constraint): never retried as is; the
+    # subscription raises NeedsAttention and retries on a back-off or when an operator asks.
+    DATA_ERROR = "DATA_ERROR"
+    IDEMPOTENCY_MISMATCH = "IDEMPOTENCY_MISMATCH"
     TIMEOUT = "TIMEOUT"
 
 
@@ -82,7 +93,12 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.SUBSCRIPTION_EXISTS: 409,
     ErrorCode.SUBSCRIPTION_CANCELED: 409,
     ErrorCode.NOT_CANCELING: 409,
+    ErrorCode.TEST_CLOCKS_DISABLED: 403,
+    ErrorCode.CLOCK_NOT_FOUND: 404,
     ErrorCode.PAYMENT_DECLINED: 402,
+    ErrorCode.GATEWAY_REFUSED: 402,
+    ErrorCode.DATA_ERROR: 500,
+    ErrorCode.IDEMPOTENCY_MISMATCH: 409,
     ErrorCode.TEMPORAL_UNAVAILABLE: 503,
     ErrorCode.GATEWAY_UNAVAILABLE: 503,
     ErrorCode.DATABASE_UNAVAILABLE: 503,

@@ -45,6 +45,7 @@ class LineKind(StrEnum):
     DISCOUNT = "discount"
     ACCOUNT_CREDIT_APPLIED = "account_credit_applied"
     EARLY_TERMINATION_FEE = "early_termination_fee"
+    BALANCE_CARRIED = "balance_carried"  # an earlier total below the gateway minimum, owed now
 
 
 class InvoiceLine(BaseModel, frozen=True):

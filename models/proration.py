@@ -221,6 +221,7 @@ def quote_change(
     new_quantity: int,
     new_interval: Interval | None = None,
     new_anchor: date | None = None,
+    served_period: tuple[date, date] | None = None,
 ) -> ChangeQuote:
     """Quote a mid-period change (price, plan or quantity) at local date ``c``, billed in advance.
 
@@ -250,6 +251,10 @@ def quote_change(
         new_quantity: New quantity (>= 1).
         new_interval: New interval, if it changes.
         new_anchor: Anchor of the new schedule, if it changes.
+        served_period: The paid period as it is served when a pause shifted it: ``(end - L, end)``
+            with ``end`` the shifted end of the served span and ``L`` the paid period's original
+            length (billing-math.md, "Pause"). It replaces period ``n`` of the schedule for the
+            credit, and for the charge when the schedule does not change.
 
     Raises:
         BillingInputError: (a ``ValueError``) for negative or non-int amounts, quantities below 1,
@@ -262,7 +267,7 @@ def quote_change(
     old_qty = ensure_count(old_quantity, "old_quantity", 1)
     new_qty = ensure_count(new_quantity, "new_quantity", 1)
     new_unit = ensure_non_negative_int(new_unit_amount_minor, "new_unit_amount_minor")
-    period = period_bounds(anchor, iv, period_index_containing(anchor, iv, c))
+    period = served_period or period_bounds(anchor, iv, period_index_containing(anchor, iv, c))
     credit = _unused_credit_line(
         currency=code,
         period=period,
@@ -277,7 +282,10 @@ def quote_change(
 
     next_iv = iv if new_interval is None else parse_interval(new_interval)
     next_anchor = anchor if new_anchor is None else ensure_date(new_anchor, "new_anchor")
-    new_period = period_containing(next_anchor, next_iv, c)
+    if served_period is not None and new_interval is None and new_anchor is None:
+        new_period = served_period
+    else:
+        new_period = period_containing(next_anchor, next_iv, c)
     span = (c, new_period[1])
     charge = InvoiceLine(
         kind=LineKind.PRORATION_CHARGE,
@@ -310,6 +318,7 @@ def quote_cancellation(
     credits_already_issued_minor: int,
     billed_in_arrears: bool = False,
     unit_amount_minor_for_arrears: int | None = None,
+    served_period: tuple[date, date] | None = None,
 ) -> list[InvoiceLine]:
     """Quote the line a cancellation effective on local date ``c`` produces (exactly one line).
 
@@ -330,6 +339,7 @@ def quote_cancellation(
         billed_in_arrears: Whether the item is billed at the end of each period.
         unit_amount_minor_for_arrears: Unit price for the arrears charge; defaults to
             ``billed_unit_amount_minor``.
+        served_period: As in :func:`quote_change`: the paid period as served after a pause.
 
     Raises:
         BillingInputError: As :func:`quote_change`.
@@ -338,7 +348,7 @@ def quote_cancellation(
     iv = parse_interval(interval)
     c = ensure_date(cancel_date, "cancel_date")
     qty = ensure_count(quantity, "quantity", 1)
-    period = period_bounds(anchor, iv, period_index_containing(anchor, iv, c))
+    period = served_period or period_bounds(anchor, iv, period_index_containing(anchor, iv, c))
     if not billed_in_arrears:
         return [
             _unused_credit_line(

@@ -13,5 +13,17 @@ SUBSCRIPTION_STATUS = SearchAttributeKey.for_keyword("SubscriptionStatus")
 NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
 DUNNING_STAGE = SearchAttributeKey.for_keyword("DunningStage")
 PENDING_APPROVAL = SearchAttributeKey.for_bool("PendingApproval")
+NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
+# Set at start on subscriptions attached to a test clock (starter/clock.py); never changes.
+TEST_CLOCK_ID = SearchAttributeKey.for_keyword("TestClockId")
 
-ALL = (CUSTOMER_ID, PLAN_ID, SUBSCRIPTION_STATUS, NEXT_BILLING_AT, DUNNING_STAGE, PENDING_APPROVAL)
+ALL = (
+    CUSTOMER_ID,
+    PLAN_ID,
+    SUBSCRIPTION_STATUS,
+    NEXT_BILLING_AT,
+    DUNNING_STAGE,
+    PENDING_APPROVAL,
+    NEEDS_ATTENTION,
+    TEST_CLOCK_ID,
+)

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.calendar import Interval
+from models.catalog import Catalog
 from models.dunning import DunningRule
 from models.invoice import InvoiceLine
 from models.policy import Policy
@@ -43,6 +44,9 @@ class Terms(BaseModel):
     currency: str
     unit_amount_minor: int
     quantity: int = 1
+    # The plan's tier, locked with the price: change decisions (upgrade or downgrade) read it from
+    # here, never from the live catalog, so a replayed decision cannot change after a catalog edit.
+    tier: int = 0
 
 
 class Actor(BaseModel):
@@ -69,19 +73,51 @@ class OpenInvoice(BaseModel):
     last_decline_category: str | None = None
     last_decline_code: str | None = None
     charge_key: str | None = None  # set for a request's invoice (change, cancellation fee)
+    credit_applied_minor: int = 0  # account credit this invoice consumed (restored if voided)
+    # A charge the gateway reports as still processing: polled until it settles.
+    processing_key: str | None = None
+    next_poll_at: datetime | None = None
+    polls: int = 0
+
+
+class PaymentRef(BaseModel):
+    """A card payment of the current period that a refund can go back to."""
+
+    intent_id: str
+    amount_minor: int
+    refunded_minor: int = 0
+
+    @property
+    def refundable_minor(self) -> int:
+        return max(0, self.amount_minor - self.refunded_minor)
 
 
 class BilledPeriod(BaseModel):
     """What was invoiced for the current period: the base of any proration credit."""
 
     start: date
-    end: date
+    end: date  # the end of the served span (moves when a pause shifts billing)
     period_start: date  # B_n: the full period the billed span belongs to
     unit_amount_minor: int
     quantity: int
     billed_minor: int  # everything charged for this period (base charge + change charges)
     credits_minor: int = 0  # credits already issued against it (positive number)
-    intent_ids: list[str] = Field(default_factory=list)  # payments a refund can go back to
+    payments: list[PaymentRef] = Field(default_factory=list)  # card payments, oldest first
+    invoice_id: str | None = None  # the period's invoice (unpaid while it is open)
+    # Set once a pause shifted the served span: the paid period's original length in days, which
+    # prices any later credit (billing-math.md, "Pause").
+    length_days: int | None = None
+
+
+class Attention(BaseModel):
+    """Something a person must look at: the step that was refused, why, and when it is retried."""
+
+    code: str
+    message: str
+    step: str
+    since: datetime
+    retry_at: datetime
+    attempts: int = 1
 
 
 class ChangeRequest(BaseModel):
@@ -175,6 +211,12 @@ class WithdrawRequest(BaseModel):
     by: Actor = Field(default_factory=Actor)
 
 
+class AttentionRetry(BaseModel):
+    """An operator asks a subscription that needs attention to retry its refused step now."""
+
+    by: Actor = Field(default_factory=Actor)
+
+
 class ApprovalDecision(BaseModel):
     """An approver's decision; names the request id the approver saw."""
 
@@ -188,7 +230,8 @@ class ApprovalDecision(BaseModel):
 class ApprovalResult(BaseModel):
     request_id: str
     subscription_id: str
-    status: str  # approved | rejected
+    status: str  # approved | rejected | failed (approved, but it could no longer be carried out)
+    message: str = ""
     change: ChangeResult | None = None
     cancel: CancelResult | None = None
     pause: PauseResult | None = None
@@ -226,6 +269,9 @@ class SubscriptionState(BaseModel):
     # The change/cancel/pause policy, locked at creation like prices: decisions made in update
     # handlers replay identically even after the shipped policy file changes.
     policy: Policy | None = None
+    # The catalog's terms in this subscription's currency, locked at creation: a change request
+    # without priced terms is priced from here (never from the worker's live catalog).
+    offers: list[Terms] = Field(default_factory=list)
     open_invoices: list[OpenInvoice] = Field(default_factory=list)
     billed: BilledPeriod | None = None  # the current period as invoiced
     account_credit_minor: int = 0  # the customer's credit balance, consumed by invoices first
@@ -253,6 +299,13 @@ class SubscriptionState(BaseModel):
     audit_seq: int = 0  # transitions written so far (keys audit rows)
     first_charge_error: str | None = None  # error code when the first charge failed
     runs: int = 1  # how many workflow runs (continue-as-new) this subscription has had
+    attention: Attention | None = None  # set while a refused step waits for a person or a retry
+    carried_minor: int = 0  # owed from invoices below the gateway minimum, added to the next one
+    # Request ids that were declined at payment (a retry of the same id gets a fresh attempt).
+    declined_requests: dict[str, int] = Field(default_factory=dict)
+    # Continue-as-new once a run's history passes this many events even if the server has not
+    # suggested it yet (tests set it low to exercise the path).
+    history_limit: int = 2000
 
 
 class SubscriptionView(BaseModel):
@@ -287,6 +340,10 @@ class SubscriptionView(BaseModel):
     resume_on: date | None = None
     pending_approvals: int = 0
     scheduled_changes: int = 0
+    needs_attention: bool = False
+    attention_code: str | None = None
+    attention_message: str | None = None
+    carried_minor: int = 0
 
 
 class TimelineEvent(BaseModel):
@@ -496,6 +553,10 @@ class ChargeResult(BaseModel):
     def succeeded(self) -> bool:
         return self.status == "succeeded"
 
+    @property
+    def processing(self) -> bool:
+        return self.status == "processing"
+
 
 class InvoiceSettlement(BaseModel):
     invoice_id: str
@@ -566,3 +627,30 @@ class Notification(BaseModel):
 PendingApproval.model_rebuild()
 ApprovalResult.model_rebuild()
 SubscriptionState.model_rebuild()
+
+
+def catalog_terms(
+    catalog: Catalog, plan_id: str, currency: str, interval: str, quantity: int
+) -> Terms:
+    """The terms a plan is sold at (price and tier from ``catalog``); OmsError if not sold."""
+    plan = catalog.plan(plan_id)
+    price = plan.price(currency, interval)
+    return Terms(
+        plan_id=plan.plan_id,
+        plan_name=plan.name,
+        interval=price.interval,
+        currency=price.currency,
+        unit_amount_minor=price.amount_minor,
+        quantity=quantity,
+        tier=plan.tier,
+    )
+
+
+def catalog_offers(catalog: Catalog, currency: str) -> list[Terms]:
+    """Every plan and interval ``catalog`` sells in ``currency`` (quantity 1): a state snapshot."""
+    return [
+        catalog_terms(catalog, plan.plan_id, currency, price.interval, 1)
+        for plan in catalog.plans
+        for price in plan.prices
+        if price.currency == currency.upper()
+    ]

@@ -66,10 +66,11 @@ from models.subscription import (
     SubscriptionState,
     SubscriptionStatus,
     SubscriptionView,
-    Terms,
     Timeline,
     UncancelRequest,
     WithdrawRequest,
+    catalog_offers,
+    catalog_terms,
 )
 from workflows.subscription import SubscriptionWorkflow
 
@@ -186,14 +187,10 @@ class OmsService:
             subscription_id=subscription_id_for_request(request_id),
             customer_id=customer_id_for_email(email),
             email=email,
-            terms=Terms(
-                plan_id=plan.plan_id,
-                plan_name=plan.name,
-                interval=price.interval,
-                currency=price.currency,
-                unit_amount_minor=price.amount_minor,
-                quantity=req.quantity,
+            terms=catalog_terms(
+                self.catalog, plan.plan_id, price.currency, price.interval, req.quantity
             ),
+            offers=catalog_offers(self.catalog, price.currency),
             timezone=tz,
             start_date=today,
             anchor=anchor,
@@ -360,10 +357,10 @@ class OmsService:
     ) -> ChangeResult:
         """Request a change; the answer says applied, scheduled or pending approval."""
         view = await self.status(subscription_id)
-        if isinstance(view, dict):
+        if isinstance(view, dict) or view.status.is_terminal:
+            status = view.get("status") if isinstance(view, dict) else view.status.value
             raise OmsError(
-                ErrorCode.SUBSCRIPTION_CANCELED,
-                f"subscription {subscription_id} is {view.get('status')}",
+                ErrorCode.SUBSCRIPTION_CANCELED, f"subscription {subscription_id} is {status}"
             )
         plan = self.catalog.plan(plan_id or view.plan_id)
         price = plan.price(view.currency, interval or view.interval)
@@ -380,13 +377,8 @@ class OmsService:
             interval=price.interval,
             when=when.replace("-", "_") if when else None,
             by=by.model_copy(update={"request_id": rid}),
-            priced_terms=Terms(
-                plan_id=plan.plan_id,
-                plan_name=plan.name,
-                interval=price.interval,
-                currency=price.currency,
-                unit_amount_minor=price.amount_minor,
-                quantity=qty,
+            priced_terms=catalog_terms(
+                self.catalog, plan.plan_id, price.currency, price.interval, qty
             ),
         )
         async with _temporal_errors(subscription_id):

@@ -64,6 +64,7 @@ class Dependencies:
             payments.provision_customer,
             payments.charge,
             payments.refund,
+            payments.refresh_charge,
             st.record_transition,
             st.record_credit,
             st.record_approval,

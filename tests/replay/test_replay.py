@@ -1,9 +1,13 @@
 """Replay recorded histories against today's workflow code: a non-determinism fails CI.
 
 The histories in ``tests/replay/histories`` were recorded from real runs (every run of each
-continue-as-new chain): trial conversion and renewals, dunning to cancellation, and a change with
-approval, pause and resume, then cancellation. Any change to the workflow that would break a
-running subscription on deploy fails here; ship such changes behind ``workflow.patched``.
+continue-as-new chain): trial conversion and renewals; dunning to cancellation; a change with
+approval, pause and resume, then cancellation; a new card recovering a past-due subscription, and an
+enterprise one marked unpaid then recovered; approval timers (reminded, escalated, expired), a
+scheduled downgrade applied at renewal, an immediate monthly-to-yearly change and a cancellation
+refunded to the card. They are the baseline of the restructured workflow package (issue 9).
+Any change to the workflow that would break a running subscription on deploy fails here; ship
+such changes behind ``workflow.patched`` (and add a recording that takes the new path).
 
 Re-record (only when a change is deliberately incompatible and no such workflow runs anywhere):
 ``OMS_RECORD_HISTORIES=1 pytest tests/replay -k record``.
@@ -24,6 +28,7 @@ from temporalio.worker import Replayer
 
 from activities.gateway import StripeGateway
 from models.ids import subscription_workflow_id
+from models.policy import Policy, load_policy
 from models.subscription import Actor
 from starter.service import SubscribeRequest
 from tests.workflows.conftest import TEST_API_KEY, Stack, open_stack
@@ -47,8 +52,8 @@ async def test_recorded_history_replays_on_current_code(path: Path) -> None:
 
 def test_histories_cover_every_phase() -> None:
     names = {p.stem.rsplit("-run", 1)[0] for p in recorded()}
-    assert names == {"renewals", "dunning", "changes"}
-    assert len(recorded()) >= 6
+    assert names == {"renewals", "dunning", "changes", "recovery", "unpaid", "approvals"}
+    assert len(recorded()) >= 9
 
 
 async def _chain(client: Client, sub: str) -> list[str]:
@@ -80,6 +85,13 @@ async def test_record_histories(engine: Engine, localstripe_url: str) -> None:
         _save("dunning", await _dunning(stack))
     async with open_stack(engine, gateway) as stack:
         _save("changes", await _changes(stack))
+    async with open_stack(engine, gateway) as stack:
+        _save("recovery", await _recovery(stack))
+    async with open_stack(engine, gateway) as stack:
+        _save("unpaid", await _unpaid(stack))
+    async with open_stack(engine, gateway) as stack:
+        stack.service.policy = _refund_policy()
+        _save("approvals", await _approvals(stack))
 
 
 async def _subscribe(stack: Stack, card: str, **kw: object) -> str:
@@ -126,5 +138,67 @@ async def _changes(stack: Stack) -> list[str]:
     await stack.env.sleep(timedelta(days=3))
     await svc.resume(sub, OPS)
     await stack.env.sleep(timedelta(days=30))
+    await svc.cancel(sub, False, OPS)
+    return await _chain(stack.env.client, sub)
+
+
+async def _recovery(stack: Stack) -> list[str]:
+    sub = await _subscribe(stack, DECLINING_CARD, who="rc", plan_id="pro", trial_days=1)
+    await stack.env.sleep(timedelta(days=2))
+    good = stack.gateway.create_test_payment_method(OK_CARD)
+    await stack.service.update_payment_method(sub, good, OPS)
+    await stack.env.sleep(timedelta(days=32))
+    return await _chain(stack.env.client, sub)
+
+
+async def _unpaid(stack: Stack) -> list[str]:
+    sub = await _subscribe(
+        stack, DECLINING_CARD, who="up", plan_id="enterprise", interval="yearly", trial_days=1
+    )
+    for _ in range(16):
+        await stack.env.sleep(timedelta(days=2))
+    good = stack.gateway.create_test_payment_method(OK_CARD)
+    await stack.service.update_payment_method(sub, good, OPS)
+    await stack.env.sleep(timedelta(days=3))
+    return await _chain(stack.env.client, sub)
+
+
+def _refund_policy() -> Policy:
+    return load_policy(
+        Path("models/data/policy.yaml")
+        .read_text()
+        .replace(
+            "  cancellation:\n    timing: period_end\n    refund: account_credit\n",
+            "  cancellation:\n    timing: period_end\n    refund: refund\n",
+            1,
+        )
+    )
+
+
+async def _approvals(stack: Stack) -> list[str]:
+    await skip_to(stack, datetime(2027, 4, 1, 9, tzinfo=UTC))
+    sub = await _subscribe(stack, OK_CARD, who="ap", plan_id="pro", quantity=20, trial_days=0)
+    svc = stack.service
+    await stack.env.sleep(timedelta(days=2))
+    await svc.change(
+        sub, plan_id=None, quantity=5, interval=None, when=None, by=OPS, request_id="slow"
+    )
+    for _ in range(6):  # reminded, escalated, then expired
+        await stack.env.sleep(timedelta(days=1, hours=1))
+    await svc.change(
+        sub,
+        plan_id="starter",
+        quantity=None,
+        interval=None,
+        when="period_end",
+        by=OPS,
+        request_id="later",
+    )
+    await svc.decide("later", approve=True, approver="alice", reason="ok", channel="cli")
+    await stack.env.sleep(timedelta(days=25))  # the scheduled downgrade applies at renewal
+    await svc.change(
+        sub, plan_id=None, quantity=None, interval="yearly", when="now", by=OPS, request_id="yr"
+    )
+    await stack.env.sleep(timedelta(days=10))
     await svc.cancel(sub, False, OPS)
     return await _chain(stack.env.client, sub)

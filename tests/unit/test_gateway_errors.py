@@ -235,12 +235,13 @@ def test_transient_and_unknown_errors_are_returned_unchanged(exc: Exception) -> 
     ],
     ids=["authentication", "permission"],
 )
-def test_credential_errors_are_non_retryable_gateway_unavailable(exc: Exception) -> None:
+def test_credential_errors_are_retried_as_a_gateway_outage(exc: Exception) -> None:
+    # A revoked or rotated key heals when ops fix it: the charge waits, it never fails or declines.
     err = to_application_error(exc)
 
     assert isinstance(err, ApplicationError)
     assert err.type == ErrorCode.GATEWAY_UNAVAILABLE
-    assert err.non_retryable is True
+    assert err.non_retryable is False
     assert "sk_test" not in str(err) and "sk_test" not in repr(err.details)
 
 
