@@ -66,7 +66,7 @@ class OpenInvoice(BaseModel):
     amount_minor: int
     period_start: date
     period_end: date
-    attempts: int = 0  # charge attempts made (numbers the idempotency keys)
+    attempts: int = 0  # declined attempts: numbers the next attempt's idempotency key
     failures_in_schedule: int = 0  # failures since the retry schedule (re)started
     schedule_start: datetime | None = None
     first_failed_at: datetime | None = None
@@ -118,6 +118,9 @@ class Attention(BaseModel):
     since: datetime
     retry_at: datetime
     attempts: int = 1
+    # True when billing waits for it (a refused step of the loop); False for a record that could
+    # not be written (an audit row, a notice): billing goes on, a person still has to look.
+    blocking: bool = True
 
 
 class ChangeRequest(BaseModel):

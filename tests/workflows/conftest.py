@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -35,7 +36,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def open_stack(engine: Engine, gateway: StripeGateway) -> AsyncIterator[Stack]:
+async def open_stack(
+    engine: Engine, gateway: StripeGateway, **worker_options: Any
+) -> AsyncIterator[Stack]:
     """A fresh time-skipping server (its virtual clock is global), one worker on ``gateway``."""
     env = await start_time_skipping()
     store = Store(engine)
@@ -45,7 +48,9 @@ async def open_stack(engine: Engine, gateway: StripeGateway) -> AsyncIterator[St
     )
     try:
         with ThreadPoolExecutor(max_workers=8) as executor:
-            worker = build_worker(env.client, task_queue, Dependencies(engine, gateway), executor)
+            worker = build_worker(
+                env.client, task_queue, Dependencies(engine, gateway), executor, **worker_options
+            )
             async with worker:
                 yield Stack(env, service, store, gateway)
     finally:

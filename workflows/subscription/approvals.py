@@ -98,9 +98,9 @@ class Approvals:
             deadline=sla.expires_at(now),
             **payload,
         )
+        await self.record(approval, "pending")  # a refused write leaves nothing pending
         st.approvals.append(approval)
         sub.mirror()
-        await self.record(approval, "pending")
         await sub.transition(
             "approval_requested",
             st.status,

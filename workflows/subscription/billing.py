@@ -12,6 +12,7 @@ Every outcome of a charge is written down here:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -190,37 +191,46 @@ class Billing:
             out.paid.append(inv)
         return out
 
+    def _key(self, inv: OpenInvoice) -> str:
+        """The idempotency key of ``inv``'s next attempt: it changes only after a decline.
+
+        So a charge that succeeded but whose settlement was refused (or lost with a killed
+        worker) is asked again under the same key and answers "succeeded" from the record: the
+        customer is never charged twice for one invoice.
+        """
+        st, attempt = self.sub.st, inv.attempts
+        if inv.charge_key:
+            return f"{inv.charge_key}:{attempt}" if attempt else inv.charge_key
+        return payment_idempotency_key(st.subscription_id, inv.period_index, attempt, st.schedule)
+
     async def charge(self, inv: OpenInvoice) -> ChargeResult:
-        """One charge attempt of ``inv`` (a new idempotency key per attempt)."""
-        st = self.sub.st
-        attempt = inv.attempts
-        key = (
-            f"{inv.charge_key}:{attempt}"
-            if inv.charge_key and attempt
-            else inv.charge_key
-            or payment_idempotency_key(st.subscription_id, inv.period_index, attempt, st.schedule)
-        )
-        inv.attempts += 1
-        result = await self.sub.calls.charge(self._charge_request(inv, key, attempt))
-        if result.processing:
-            inv.processing_key = key
-            inv.polls = 0
-            inv.next_poll_at = workflow.now() + POLL_FIRST
+        """One charge attempt of ``inv``."""
+        key = self._key(inv)
+        result = await self.sub.calls.charge(self._charge_request(inv, key, inv.attempts))
+        self._after(inv, key, result)
         return result
+
+    def _after(self, inv: OpenInvoice, key: str, result: ChargeResult) -> None:
+        if result.processing:
+            if inv.processing_key != key:
+                inv.processing_key = key
+                inv.polls = 0
+            else:
+                inv.polls += 1
+            delay = min(POLL_FIRST * (2**inv.polls), POLL_MAX)
+            inv.next_poll_at = workflow.now() + delay
+            return
+        inv.processing_key = None
+        inv.next_poll_at = None
+        if not result.succeeded:
+            inv.attempts += 1  # the next attempt gets a new key (a gateway replays declines)
 
     async def poll(self, inv: OpenInvoice) -> ChargeResult:
         """Look again at a processing charge; schedule the next look with back-off if still so."""
-        assert inv.processing_key is not None
-        result = await self.sub.calls.refresh_charge(
-            self._charge_request(inv, inv.processing_key, max(0, inv.attempts - 1))
-        )
-        if result.processing:
-            inv.polls += 1
-            delay = min(POLL_FIRST * (2**inv.polls), POLL_MAX)
-            inv.next_poll_at = workflow.now() + delay
-        else:
-            inv.processing_key = None
-            inv.next_poll_at = None
+        key = inv.processing_key
+        assert key is not None
+        result = await self.sub.calls.refresh_charge(self._charge_request(inv, key, inv.attempts))
+        self._after(inv, key, result)
         return result
 
     def _charge_request(self, inv: OpenInvoice, key: str, attempt: int) -> ChargeRequest:
@@ -355,13 +365,15 @@ class Billing:
                 _trim(st.declined_requests)
                 money.declined = result
                 return money
-            await self.settle(inv_id, "paid", result.intent_id)
+            # The money moved: from here on the request completes whatever a record write
+            # does (a refused write is flagged for an operator, never undone by an error).
             money.intent_id = result.intent_id
+            money.charged_minor = composed.total_minor
             if st.billed is not None and result.intent_id:
                 st.billed.payments.append(
                     PaymentRef(intent_id=result.intent_id, amount_minor=composed.total_minor)
                 )
-            money.charged_minor = composed.total_minor
+            await self._completing(self.settle(inv_id, "paid", result.intent_id), "settle")
         else:
             if composed.total_minor > 0:
                 st.carried_minor += composed.total_minor  # below the minimum: carried
@@ -372,9 +384,21 @@ class Billing:
             money.refunded_minor = refunded
             owed_back -= refunded
         if owed_back:
-            await self.grant_credit(owed_back, inv_id, f"request {request_id}", "grant")
-            money.credited_minor = owed_back
+            granted = await self._completing(
+                self.grant_credit(owed_back, inv_id, f"request {request_id}", "grant"),
+                f"credit {owed_back} {st.terms.currency}",
+            )
+            money.credited_minor = owed_back if granted else 0
         return money
+
+    async def _completing(self, write: Awaitable[None], what: str) -> bool:
+        """A record write after money moved: False (and NeedsAttention) if it is refused."""
+        try:
+            await write
+        except Refused as err:
+            self.sub.flag(err, f"record:{what}", blocking=False)
+            return False
+        return True
 
     async def refund(self, amount_minor: int, request_id: str, inv_id: str) -> int:
         """Refund up to ``amount_minor`` over the period's card payments, newest first.

@@ -233,7 +233,7 @@ class Sub:
                 TransitionRecord(snapshot=self.snapshot(), audit=entry)
             )
         except Refused as err:
-            self.flag(err, f"audit:{action}")
+            self.flag(err, f"audit:{action}", blocking=False)
 
     async def notify(
         self, kind: str, key: str, data: dict[str, str], at: datetime | None = None
@@ -252,12 +252,16 @@ class Sub:
                 )
             )
         except Refused as err:
-            self.flag(err, f"notice:{kind}")
+            self.flag(err, f"notice:{kind}", blocking=False)
 
     # --- needs attention -------------------------------------------------------------------
 
-    def flag(self, err: Refused, step: str) -> Attention:
-        """Raise NeedsAttention for a refused step; it is retried on a growing back-off."""
+    def flag(self, err: Refused, step: str, *, blocking: bool = True) -> Attention:
+        """Raise NeedsAttention for a refused step; it is retried on a growing back-off.
+
+        A blocking attention holds every step of the loop until its retry; a non-blocking one (a
+        record that could not be written) only marks the subscription for an operator.
+        """
         st = self.st
         now = workflow.now()
         attempts = st.attention.attempts + 1 if st.attention is not None else 1
@@ -269,6 +273,7 @@ class Sub:
             since=st.attention.since if st.attention is not None else now,
             retry_at=now + delay,
             attempts=attempts,
+            blocking=blocking or (st.attention is not None and st.attention.blocking),
         )
         workflow.logger.warning(
             "subscription needs attention",

@@ -127,10 +127,10 @@ class Lifecycle:
                     "invoice_id": inv.invoice_id,
                     "amount_minor": str(inv.amount_minor),
                     "period": f"{inv.period_start.isoformat()}/{inv.period_end.isoformat()}",
-                    "attempt": str(max(0, inv.attempts - 1)),
+                    "attempt": str(inv.attempts),
                 },
             )
-            if st.status == Status.active and inv.attempts:
+            if st.status == Status.active and inv.amount_minor > 0:
                 await sub.notify(
                     "payment_succeeded",
                     f"receipt:{inv.invoice_id}",

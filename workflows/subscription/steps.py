@@ -94,8 +94,10 @@ def plan(sub: Sub) -> Step:
     if not timed:
         return Step(Kind.WAIT, None)
     step = min(timed, key=lambda c: (c.at, ORDER.index(c.kind)))
-    if st.attention is not None and step.at is not None and step.at < st.attention.retry_at:
-        step = Step(step.kind, st.attention.retry_at)  # a refused step waits for its retry
+    attention = st.attention
+    blocked = attention is not None and attention.blocking
+    if blocked and attention is not None and step.at is not None and step.at < attention.retry_at:
+        step = Step(step.kind, attention.retry_at)  # a refused step waits for its retry
     return step
 
 

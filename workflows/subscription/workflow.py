@@ -160,7 +160,8 @@ class SubscriptionWorkflow:
                 Refused(err.type or ErrorCode.INVALID_REQUEST, err.message, step.kind.value), step
             )
             return False
-        if self.st.attention is not None and self.st.attention.step == step.kind.value:
+        attention = self.st.attention
+        if attention is not None and attention.blocking and attention.step == step.kind.value:
             await self.sub.clear_attention()
         return paid
 
@@ -570,10 +571,21 @@ class SubscriptionWorkflow:
 
     @workflow.signal
     def retry_now(self, req: AttentionRetry) -> None:
-        """An operator fixed what a refused step needed: retry it now instead of on back-off."""
-        if self.st.attention is not None:
-            self.st.attention.retry_at = workflow.now()
-            self.sub.version += 1
+        """An operator fixed what needed attention: retry a refused step now, or clear the flag.
+
+        A blocking attention (a refused loop step) is retried at once and clears when the step
+        succeeds; a non-blocking one (a record that could not be written, repaired by hand) is
+        cleared.
+        """
+        attention = self.st.attention
+        if attention is None:
+            return
+        if attention.blocking:
+            attention.retry_at = workflow.now()
+        else:
+            self.st.attention = None
+            self.sub.mirror()
+        self.sub.version += 1
 
     # --- queries -------------------------------------------------------------------------------
 
