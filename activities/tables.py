@@ -216,3 +216,19 @@ class ApprovalRequest(SQLModel, table=True):
     decided_by: str | None = Field(default=None, max_length=200)
     decision_reason: str | None = Field(default=None, max_length=500)
     updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class ClockRecord(SQLModel, table=True):
+    """A test clock (dev and test deployments only, see starter/clock.py).
+
+    The clock reads ``now`` at the wall-clock instant ``synced_at`` and runs at wall-clock speed
+    from there, as the virtual time of the workflows attached to it does.
+    """
+
+    __tablename__ = "test_clocks"
+
+    clock_id: str = Field(primary_key=True, max_length=64)
+    now: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    synced_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]

@@ -83,6 +83,16 @@ class ActorBody(BaseModel):
     reason: str | None = None
 
 
+class ClockBody(BaseModel):
+    at: str | None = Field(
+        None, description="start time, ISO date or date-time (UTC); now or later (default: now)"
+    )
+
+
+class AdvanceBody(BaseModel):
+    duration: str = Field(..., description="Nh, Nd or Nmo (calendar months), e.g. 1mo")
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -94,6 +104,9 @@ class ErrorResponse(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (402, 404, 409, 422, 503, 504)
+}
+CLOCK_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (403, 404, 422, 503, 504)
 }
 
 
@@ -121,6 +134,7 @@ class Runtime:
                         f"within {CONNECT_S:g} s",
                     ) from None
                 self._service = make_service(self.config, client, self.store)
+                self._service.test_clocks = self.config.temporal.test_clocks
             return self._service
 
 
@@ -318,6 +332,35 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         return await service.update_payment_method(
             subscription_id, body.payment_method_id, _actor(request, body.actor)
         )
+
+    @app.post(
+        "/clocks",
+        status_code=201,
+        responses=CLOCK_ERRORS,
+        summary="Create a test clock (dev and test deployments only; 403 elsewhere)",
+    )
+    async def create_clock(request: Request, body: ClockBody | None = None) -> dict[str, Any]:
+        from starter.clock import parse_at
+
+        service = await rt(request).service()
+        service.clocks()  # refused first where clocks are off
+        at = parse_at(body.at) if body is not None and body.at is not None else None
+        view = (await service.create_clock(at)).to_json()
+        return {"clock_id": view["clock_id"], "now": view["now"]}
+
+    @app.get("/clocks/{clock_id}", responses=CLOCK_ERRORS, summary="A test clock and its time")
+    async def get_clock(clock_id: str, request: Request) -> dict[str, Any]:
+        service = await rt(request).service()
+        return (await service.clock(clock_id)).to_json()
+
+    @app.post(
+        "/clocks/{clock_id}/advance",
+        responses=CLOCK_ERRORS,
+        summary="Advance a test clock; answers once its subscriptions have caught up",
+    )
+    async def advance_clock(clock_id: str, body: AdvanceBody, request: Request) -> dict[str, Any]:
+        service = await rt(request).service()
+        return (await service.advance_clock(clock_id, body.duration)).to_json()
 
     @app.get("/approvals", summary="Approval requests (for an approver: the ones they may decide)")
     async def list_approvals(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from models.money import format_money
 from starter.intake_cli import app as intake_app
 from starter.output import JsonOpt, actor, emit_json, fail, plain, run_service, table
 from starter.quote import app as quote_app
-from starter.service import OmsService, SubscribeRequest
+from starter.service import OmsService, SubscribeRequest, clocks_disabled
 from starter.simulate import kpis as kpis_command
 from starter.simulate import simulate as simulate_command
 from workers.config import load_config
@@ -99,6 +100,9 @@ def subscribe(
         None, help="Bill on this day of the month; the first period is prorated."
     ),
     request_id: str = typer.Option(None, help="Idempotency key: a retry returns the first result."),
+    clock: str = typer.Option(
+        None, "--clock", help="Attach to this test clock (`oms clock create`); dev stacks only."
+    ),
     as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -114,8 +118,12 @@ def subscribe(
         timezone=timezone,
         anchor_day=anchor_day,
         request_id=request_id,
+        clock_id=clock,
     )
-    result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))
+    if clock is None:
+        result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))
+    else:
+        result = run_clock_service(as_json, lambda s: s.subscribe(req, actor(as_)))
     if as_json:
         emit_json(result)
         return
@@ -403,6 +411,77 @@ def payment_method(
     else:
         retried = "retried unpaid invoices" if result.retried else "nothing to retry"
         typer.echo(f"{subscription_id}: {result.status.value}, {retried}")
+
+
+clock_app = typer.Typer(
+    help="Test clocks: move subscriptions through months in seconds (dev and test stacks only).",
+    no_args_is_help=True,
+)
+app.add_typer(clock_app, name="clock")
+
+
+def run_clock_service(as_json: bool, action: Callable[[OmsService], Awaitable[T]]) -> T:
+    """``run_service`` with test clocks as the configuration says (temporal.test_clocks /
+    OMS_TEST_CLOCKS); refused before connecting anywhere when they are off."""
+    config = load_config()
+    if not config.temporal.test_clocks:
+        fail(clocks_disabled(), as_json)
+
+    async def go(s: OmsService) -> T:
+        s.test_clocks = True
+        return await action(s)
+
+    return run_service(as_json, go, config)
+
+
+@clock_app.command("create")
+def clock_create(
+    at: str = typer.Option(
+        None, "--at", help="Start time, ISO date or date-time (UTC); now or later. Default: now."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Create a test clock; prints its id (with --json: its id and time)."""
+    from starter.clock import parse_at
+
+    if not load_config().temporal.test_clocks:
+        fail(clocks_disabled(), as_json)  # refused before judging the request
+    try:
+        start = parse_at(at) if at is not None else None
+    except OmsError as err:
+        fail(err, as_json)
+    view = run_clock_service(as_json, lambda s: s.create_clock(start))
+    out = view.to_json()
+    if as_json:
+        emit_json({"clock_id": out["clock_id"], "now": out["now"]})
+    else:
+        typer.echo(out["clock_id"])  # alone, for CLK=$(oms clock create ...)
+
+
+@clock_app.command("now")
+def clock_now(clock_id: str, as_json: bool = JsonOpt) -> None:
+    """Show a test clock's current time (it runs at wall-clock speed between advances)."""
+    view = run_clock_service(as_json, lambda s: s.clock(clock_id))
+    now = view.to_json()["now"]
+    if as_json:
+        emit_json({"now": now})
+    else:
+        typer.echo(now)
+
+
+@clock_app.command("advance")
+def clock_advance(
+    clock_id: str,
+    duration: str = typer.Argument(..., help="Nh, Nd or Nmo (calendar months), e.g. 1mo."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Move a test clock forward; returns once every subscription on it has caught up."""
+    result = run_clock_service(as_json, lambda s: s.advance_clock(clock_id, duration))
+    out = result.to_json()
+    if as_json:
+        emit_json(out)
+    else:
+        typer.echo(f"{clock_id}: now {out['now']} ({out['workflows']} subscription(s) on it)")
 
 
 approvals_app = typer.Typer(help="Requests waiting for an approver.", no_args_is_help=True)

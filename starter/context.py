@@ -36,6 +36,7 @@ def make_service(config: Config, client: Client, store: Store) -> OmsService:
         task_queue=config.temporal.task_queue,
         default_timezone=config.billing.default_timezone,
         notice_days=config.billing.upcoming_notice_days,
+        test_clocks=config.temporal.test_clocks,
     )
 
 

@@ -8,8 +8,9 @@ What it does, in order:
 2. Creates ``.oms/`` (dev server database, localstripe state and the SQLite database live there
    between runs; ``make clean-state`` removes it).
 3. Applies the database migrations (``python -m workers.migrate``).
-4. Starts the Temporal dev server, waits until the namespace answers and makes sure every
-   configured search attribute is registered; then localstripe, the worker and the API.
+4. Starts the Temporal dev server (with per-workflow time skipping allowed, for test clocks),
+   waits until the namespace answers and makes sure every configured search attribute is
+   registered; then localstripe, the worker and the API.
 5. Re-prints every child's output with a prefix, prints a summary and waits.
 
 Ctrl-C, SIGTERM or SIGHUP stops the children in reverse order (a second Ctrl-C kills them at
@@ -293,6 +294,8 @@ def child_env(config: Config, base: Mapping[str, str]) -> dict[str, str]:
 
 def temporal_command(config: Config, cli: str) -> list[str]:
     """``temporal server start-dev`` with our ports, namespace, state file and attributes."""
+    from workers.servers import TIME_SKIPPING_ARGS
+
     t = config.temporal
     argv = [
         cli,
@@ -317,6 +320,9 @@ def temporal_command(config: Config, cli: str) -> list[str]:
     ]
     for name, kind in t.search_attributes.items():
         argv += ["--search-attribute", f"{name}={kind}"]
+    # Per-workflow time skipping, for test clocks (starter/clock.py). Workflows skip time only
+    # when they carry a time-skipping config; the API refuses clocks unless temporal.test_clocks.
+    argv += TIME_SKIPPING_ARGS
     return argv
 
 
@@ -370,10 +376,10 @@ def summary_text(config: Config) -> str:
         "Try it (in another terminal):",
         "  oms dev card 4242424242424242      # a test card at the gateway",
         "  oms subscribe ...                  # then subscribe (oms subscribe --help)",
-        "",
-        "Ctrl-C stops everything.",
-        rule,
     ]
+    if config.temporal.test_clocks:
+        lines.append("  oms clock create                   # a test clock (docs/test-clocks.md)")
+    lines += ["", "Ctrl-C stops everything.", rule]
     return "\n".join(lines)
 
 

