@@ -202,3 +202,32 @@ async def _approvals(stack: Stack) -> list[str]:
     await stack.env.sleep(timedelta(days=10))
     await svc.cancel(sub, False, OPS)
     return await _chain(stack.env.client, sub)
+
+
+async def test_a_catalog_edit_does_not_change_a_replayed_decision(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Decisions read the terms, tiers and offers locked into the subscription's state, never the
+    # worker's live catalog: after prices and tiers are edited, the recorded changes replay as is.
+    import importlib
+    import pkgutil
+
+    import models.catalog
+    import workflows.subscription
+
+    for info in pkgutil.iter_modules(workflows.subscription.__path__):
+        module = importlib.import_module(f"workflows.subscription.{info.name}")
+        assert not hasattr(module, "default_catalog"), f"{info.name} reads the live catalog"
+    text = (
+        (Path(models.catalog.__file__).parent / "data" / "catalog.yaml")
+        .read_text()
+        .replace("tier: 2", "tier: 9")
+        .replace("amount_minor: 3000", "amount_minor: 4500")
+    )
+    edited = models.catalog.parse_catalog(text)
+    monkeypatch.setattr(models.catalog, "default_catalog", lambda: edited)
+    replayer = Replayer(workflows=[SubscriptionWorkflow], data_converter=pydantic_data_converter)
+    for path in recorded():
+        if path.stem.startswith(("changes", "approvals")):
+            history = WorkflowHistory.from_json(path.stem, path.read_text())
+            await replayer.replay_workflow(history)
