@@ -276,6 +276,15 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         )
         return await service.uncancel(subscription_id, by)
 
+    @app.post("/subscriptions/{subscription_id}/retry", responses=ERRORS)
+    async def retry_subscription(
+        subscription_id: str, request: Request, body: ActorBody | None = None
+    ) -> Any:
+        """Retry a step that needs attention now (operators, after fixing its cause)."""
+        service = await rt(request).service()
+        by = _actor(request, body.actor if body else None, body.reason if body else None, None)
+        return await service.retry(subscription_id, by)
+
     @app.post("/subscriptions/{subscription_id}/changes", responses=ERRORS)
     async def change_subscription(
         subscription_id: str,

@@ -284,6 +284,26 @@ def uncancel(
 
 
 @app.command()
+def retry(
+    subscription_id: str,
+    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Retry now what a subscription that needs attention was refused (after fixing the cause).
+
+    A refused billing step (shown by `oms status` as needs_attention with its code) is retried at
+    once instead of on its back-off; a flag for a record that could not be written is cleared.
+    """
+    result = run_service(as_json, lambda s: s.retry(subscription_id, actor(as_)))
+    if as_json:
+        emit_json(result)
+        return
+    view = result if isinstance(result, dict) else result.model_dump(mode="json")
+    flagged = "still needs attention" if view.get("needs_attention") else "no attention needed"
+    typer.echo(f"{subscription_id}: {view.get('status')}, {flagged}")
+
+
+@app.command()
 def change(
     subscription_id: str,
     plan: str = typer.Option(None, help="New plan id (default: keep)."),

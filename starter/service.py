@@ -52,6 +52,7 @@ from models.subscription import (
     Actor,
     ApprovalDecision,
     ApprovalResult,
+    AttentionRetry,
     CancelRequest,
     CancelResult,
     ChangeRequest,
@@ -552,6 +553,17 @@ class OmsService:
                 id=by.request_id,
                 rpc_timeout=UPDATE_TIMEOUT,
             )
+
+    async def retry(self, subscription_id: str, by: Actor) -> SubscriptionView | dict[str, Any]:
+        """Ask a subscription that needs attention to retry its refused step now.
+
+        A refused billing step is retried at once (it clears when it succeeds); a flag for a
+        record that could not be written (repaired by hand) is cleared. Returns the state after.
+        """
+        handle = self.client.get_workflow_handle(subscription_workflow_id(subscription_id))
+        async with _temporal_errors(subscription_id):
+            await handle.signal(SubscriptionWorkflow.retry_now, AttentionRetry(by=by))
+        return await self.status(subscription_id)
 
 
 def clocks_disabled() -> OmsError:

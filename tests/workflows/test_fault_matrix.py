@@ -248,3 +248,36 @@ REFUSED = {
     "store.record_approval": _request_refused,
     "store.enqueue_notification": _same_money,
 }
+
+
+async def test_an_operator_retries_a_refused_step_at_once(
+    engine: Engine, localstripe_url: str
+) -> None:
+    # The renewal invoice's write is refused: NeedsAttention with its code, billing waits for
+    # the back-off; `oms retry` (the retry_now signal) retries it at once and clears the flag.
+    gateway = StripeGateway(TEST_API_KEY, api_base=localstripe_url, max_network_retries=0)
+    fault = Fault("store.write_invoice", "refused", occurrence=2)
+    async with open_stack(engine, gateway, interceptors=[FaultInterceptor(fault)]) as stack:
+        await skip_to(stack, datetime(2027, 4, 1, 9, tzinfo=UTC))
+        pm = stack.gateway.create_test_payment_method(OK_CARD)
+        started = await stack.service.subscribe(
+            SubscribeRequest(
+                email="op@example.com", plan_id="pro", payment_method_id=pm, trial_days=0
+            ),
+            OPS,
+            now=await stack.now(),
+        )
+        sub = started.subscription_id
+        await skip_to(stack, datetime(2027, 5, 1, 0, 1, tzinfo=UTC))
+        view = await stack.service.status(sub)
+        assert not isinstance(view, dict)
+        assert view.needs_attention and view.attention_code == ErrorCode.DATA_ERROR
+        assert [inv.period_index for inv, _ in stack.store.list_invoices(sub)] == [0]
+        assert "needs_attention" in [a.action for a in stack.store.audit_trail(sub)]
+
+        await stack.service.retry(sub, OPS)
+        await stack.env.sleep(timedelta(seconds=30))  # well before the 5-minute back-off
+        view = await stack.service.status(sub)
+        assert not isinstance(view, dict) and not view.needs_attention
+        assert [inv.status for inv, _ in stack.store.list_invoices(sub)] == ["paid", "paid"]
+        assert "attention_cleared" in [a.action for a in stack.store.audit_trail(sub)]
