@@ -49,38 +49,40 @@ class CancelBody(BaseModel):
     at_period_end: bool | None = Field(
         None, description="true: at period end; false: now; omitted: as the policy says"
     )
-    reason: str | None = None
-    actor: str | None = None
+    reason: str | None = Field(None, max_length=500)
+    actor: str | None = Field(None, max_length=64)
 
 
 class ChangeBody(BaseModel):
-    plan_id: str | None = None
-    quantity: int | None = None
-    interval: str | None = None
-    when: str | None = Field(None, description="now | period_end (default: the policy's)")
-    actor: str | None = None
-    request_id: str | None = None
+    plan_id: str | None = Field(None, max_length=64)
+    quantity: int | None = Field(None, le=100_000)
+    interval: str | None = Field(None, max_length=16)
+    when: str | None = Field(
+        None, max_length=16, description="now | period_end (default: the policy's)"
+    )
+    actor: str | None = Field(None, max_length=64)
+    request_id: str | None = Field(None, max_length=64)
 
 
 class PauseBody(BaseModel):
     resume_on: date | None = None
-    actor: str | None = None
-    request_id: str | None = None
+    actor: str | None = Field(None, max_length=64)
+    request_id: str | None = Field(None, max_length=64)
 
 
 class PaymentMethodBody(BaseModel):
-    payment_method_id: str
-    actor: str | None = None
+    payment_method_id: str = Field(..., max_length=64)
+    actor: str | None = Field(None, max_length=64)
 
 
 class DecisionBody(BaseModel):
-    approver: str
-    reason: str
+    approver: str = Field(..., max_length=64)
+    reason: str = Field(..., max_length=500)
 
 
 class ActorBody(BaseModel):
-    actor: str | None = None
-    reason: str | None = None
+    actor: str | None = Field(None, max_length=64)
+    reason: str | None = Field(None, max_length=500)
 
 
 class ClockBody(BaseModel):

@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError
@@ -107,19 +108,24 @@ def subscribe(
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a subscription; waits until it is trialing, active or refused."""
-    req = SubscribeRequest(
-        email=email,
-        plan_id=plan,
-        interval=interval,
-        currency=currency,
-        payment_method_id=payment_method,
-        trial_days=trial_days,
-        quantity=quantity,
-        timezone=timezone,
-        anchor_day=anchor_day,
-        request_id=request_id,
-        clock_id=clock,
-    )
+    try:
+        req = SubscribeRequest(
+            email=email,
+            plan_id=plan,
+            interval=interval,
+            currency=currency,
+            payment_method_id=payment_method,
+            trial_days=trial_days,
+            quantity=quantity,
+            timezone=timezone,
+            anchor_day=anchor_day,
+            request_id=request_id,
+            clock_id=clock,
+        )
+    except ValidationError as err:
+        problem = err.errors()[0]
+        where = ".".join(str(x) for x in problem["loc"])
+        fail(OmsError(ErrorCode.INVALID_REQUEST, f"{where}: {problem['msg']}"), as_json)
     if clock is None:
         result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))
     else:

@@ -88,21 +88,24 @@ UPDATE_TIMEOUT = timedelta(seconds=30)
 class SubscribeRequest(BaseModel):
     """A request to create a subscription (API body, CLI options)."""
 
-    email: str
-    plan_id: str
-    interval: str = "monthly"
-    currency: str = "USD"
-    payment_method_id: str | None = None
+    email: str = Field(max_length=254)
+    plan_id: str = Field(max_length=64)
+    interval: str = Field(default="monthly", max_length=16)
+    currency: str = Field(default="USD", max_length=8)
+    payment_method_id: str | None = Field(default=None, max_length=64)
     trial_days: int | None = Field(default=None, description="defaults to the plan's trial")
-    quantity: int = 1
-    timezone: str | None = None
+    quantity: int = Field(default=1, le=100_000)
+    timezone: str | None = Field(default=None, max_length=64)
     anchor_day: int | None = Field(
         default=None,
         description="bill on this day of the month (1-31); the first period is prorated",
     )
-    request_id: str | None = Field(default=None, description="idempotency key of the request")
+    request_id: str | None = Field(
+        default=None, max_length=64, description="idempotency key of the request"
+    )
     clock_id: str | None = Field(
         default=None,
+        max_length=64,
         description="attach the subscription to this test clock: it starts at the clock's time "
         "and moves when the clock advances (only where test clocks are enabled)",
     )
