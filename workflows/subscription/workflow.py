@@ -103,6 +103,9 @@ class SubscriptionWorkflow:
     async def run(self, state: SubscriptionState) -> SubscriptionResult:
         sub = self.sub
         while not self.st.status.is_terminal:
+            if self._history_full():
+                await self._continue_as_new()
+                continue
             step = plan(sub)
             if not step.due(workflow.now()):
                 await self._sleep(step, sub.version)
@@ -112,13 +115,8 @@ class SubscriptionWorkflow:
                 if not step.due(workflow.now()):
                     continue
                 period_paid = await self._act(step)
-            if self._should_continue_as_new(period_paid):
-                await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not sub.lock.locked()
-                )
-                if not self.st.status.is_terminal:
-                    self.st.runs += 1
-                    workflow.continue_as_new(self.st)
+            if period_paid and self._may_continue_as_new():
+                await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return SubscriptionResult(
             subscription_id=self.st.subscription_id,
@@ -135,7 +133,8 @@ class SubscriptionWorkflow:
         """
 
         def woken() -> bool:
-            return self.sub.version != seen
+            # Signals and rejected messages change nothing, yet they grow the history.
+            return self.sub.version != seen or self._history_full()
 
         if step.at is None:
             await workflow.wait_condition(woken)
@@ -198,18 +197,30 @@ class SubscriptionWorkflow:
         await self.sub.transition("needs_attention", self.st.status, Actor(), details)
         await self.sub.notify("ops_attention", f"attention:{self.st.audit_seq}", details)
 
-    def _should_continue_as_new(self, period_paid: bool) -> bool:
-        st, info = self.st, workflow.info()
+    def _may_continue_as_new(self) -> bool:
+        st = self.st
         if st.status.is_terminal or st.status == Status.incomplete:
             return False
-        if any(inv.processing_key for inv in st.open_invoices):
-            return False  # a cancel may be waiting for that charge to settle
-        return (
-            period_paid
-            or info.is_continue_as_new_suggested()
-            or info.get_current_history_length() > st.history_limit
+        # A cancel may be waiting for a processing charge to settle: never leave it behind.
+        return not any(inv.processing_key for inv in st.open_invoices)
+
+    def _history_full(self) -> bool:
+        """Time to continue as new whatever the status: suggested, long, or many messages."""
+        info = workflow.info()
+        return self._may_continue_as_new() and (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > self.st.history_limit
             or self.sub.messages > MAX_MESSAGES_PER_RUN
         )
+
+    async def _continue_as_new(self) -> None:
+        """Continue as new once every handler has finished (unless the subscription ended)."""
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and not self.sub.lock.locked()
+        )
+        if self._may_continue_as_new():
+            self.st.runs += 1
+            workflow.continue_as_new(self.st)
 
     # --- creation ------------------------------------------------------------------------
 
