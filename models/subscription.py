@@ -74,6 +74,7 @@ class OpenInvoice(BaseModel):
     last_decline_code: str | None = None
     charge_key: str | None = None  # set for a request's invoice (change, cancellation fee)
     credit_applied_minor: int = 0  # account credit this invoice consumed (restored if voided)
+    schedule: int = 0  # the billing schedule it was issued under (part of its charge keys)
     # A charge the gateway reports as still processing: polled until it settles.
     processing_key: str | None = None
     next_poll_at: datetime | None = None

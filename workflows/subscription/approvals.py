@@ -11,6 +11,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows.subscription.calls import Refused
 from workflows.subscription.context import Sub
 
 with workflow.unsafe.imports_passed_through():
@@ -112,13 +113,14 @@ class Approvals:
 
     async def close(self, approval: PendingApproval, status: str, by: Actor, reason: str) -> None:
         sub, st = self.sub, self.sub.st
+        # Recorded first: a refused write leaves the request pending, as its row says.
+        await self.record(approval, status, decided_by=by.actor, reason=reason)
         if approval in st.approvals:
             st.approvals.remove(approval)
         st.closed_requests[approval.request_id] = status
         while len(st.closed_requests) > 200:
             st.closed_requests.pop(next(iter(st.closed_requests)))
         sub.mirror()
-        await self.record(approval, status, decided_by=by.actor, reason=reason)
         await sub.transition(
             f"approval_{status}",
             st.status,
@@ -152,8 +154,9 @@ class Approvals:
                 and not approval.escalated
                 and now >= approval.escalate_at
             ):
+                # Recorded first: a refused write leaves it due, to be escalated on the retry.
+                await self.record(approval.model_copy(update={"escalated": True}), "pending")
                 approval.escalated = True
-                await self.record(approval, "pending")
                 await self.notify_approvers(approval, "approval_escalated", approval.groups[1:])
                 await sub.transition(
                     "approval_escalated",
@@ -164,6 +167,14 @@ class Approvals:
                         "groups": ",".join(approval.groups[1:]),
                     },
                 )
+
+    async def close_all(self, reason: str) -> None:
+        """Close every request still pending when the subscription ends (best effort)."""
+        for approval in list(self.sub.st.approvals):
+            try:
+                await self.close(approval, "canceled", Actor(), reason)
+            except Refused as err:
+                self.sub.flag(err, f"approval:{approval.request_id}", blocking=False)
 
     async def record(
         self,

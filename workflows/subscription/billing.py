@@ -76,6 +76,7 @@ class RequestMoney:
     refunded_minor: int = 0
     credited_minor: int = 0
     declined: ChargeResult | None = None
+    refused: bool = False  # an activity refused the request before money moved
 
     def as_fields(self) -> dict[str, int | str | None]:
         return {
@@ -158,6 +159,7 @@ class Billing:
             period_start=span[0],
             period_end=span[1],
             credit_applied_minor=composed.credit_applied_minor,
+            schedule=st.schedule,
         )
         st.open_invoices.append(inv)
         return inv
@@ -201,7 +203,7 @@ class Billing:
         st, attempt = self.sub.st, inv.attempts
         if inv.charge_key:
             return f"{inv.charge_key}:{attempt}" if attempt else inv.charge_key
-        return payment_idempotency_key(st.subscription_id, inv.period_index, attempt, st.schedule)
+        return payment_idempotency_key(st.subscription_id, inv.period_index, attempt, inv.schedule)
 
     async def charge(self, inv: OpenInvoice) -> ChargeResult:
         """One charge attempt of ``inv``."""
@@ -224,6 +226,17 @@ class Billing:
         inv.next_poll_at = None
         if not result.succeeded:
             inv.attempts += 1  # the next attempt gets a new key (a gateway replays declines)
+
+    async def settle_processing(self) -> None:
+        """Wait for every charge still processing to settle (paid, or declined for dunning)."""
+        for inv in list(self.sub.st.open_invoices):
+            while inv.processing_key is not None:
+                assert inv.next_poll_at is not None
+                if inv.next_poll_at > workflow.now():
+                    await workflow.sleep(inv.next_poll_at - workflow.now())
+                result = await self.poll(inv)
+                if result.succeeded:
+                    await self.mark_paid(inv, result)
 
     async def poll(self, inv: OpenInvoice) -> ChargeResult:
         """Look again at a processing charge; schedule the next look with back-off if still so."""
@@ -345,24 +358,19 @@ class Billing:
         if composed.total_minor > 0 and not below_gateway_minimum(
             composed.total_minor, st.terms.currency
         ):
-            result = await self.charge(inv)
-            while result.processing:
-                # A request's charge is short-lived: wait for it here (the lock is held, so
-                # nothing else moves money for this subscription meanwhile).
-                assert inv.next_poll_at is not None
-                await workflow.sleep(inv.next_poll_at - workflow.now())
-                result = await self.poll(inv)
+            try:
+                result = await self.charge(inv)
+                while result.processing:
+                    # A request's charge is short-lived: wait for it here (the lock is held,
+                    # so nothing else moves money for this subscription meanwhile).
+                    assert inv.next_poll_at is not None
+                    await workflow.sleep(inv.next_poll_at - workflow.now())
+                    result = await self.poll(inv)
+            except Refused:
+                await self._abandon(inv, request_id, retry, "void")
+                raise
             if not result.succeeded:
-                await self.settle(inv_id, on_decline)
-                if inv.credit_applied_minor:
-                    await self.grant_credit(
-                        inv.credit_applied_minor,
-                        inv_id,
-                        "credit restored: payment declined",
-                        "restore",
-                    )
-                st.declined_requests[request_id] = retry + 1
-                _trim(st.declined_requests)
+                await self._abandon(inv, request_id, retry, on_decline)
                 money.declined = result
                 return money
             # The money moved: from here on the request completes whatever a record write
@@ -390,6 +398,42 @@ class Billing:
             )
             money.credited_minor = owed_back if granted else 0
         return money
+
+    async def settle_request_lines_or_flag(
+        self,
+        request_id: str,
+        lines: list[InvoiceLine],
+        *,
+        refund: bool,
+        on_decline: str = "void",
+    ) -> RequestMoney:
+        """:meth:`settle_request_lines` for a step that must complete (a cancellation): a refusal
+        is flagged for an operator (NeedsAttention) instead of raised."""
+        try:
+            return await self.settle_request_lines(
+                request_id, lines, refund=refund, on_decline=on_decline
+            )
+        except Refused as err:
+            self.sub.flag(err, f"request:{request_id}", blocking=False)
+            return RequestMoney(refused=True)
+
+    async def _abandon(self, inv: OpenInvoice, request_id: str, retry: int, status: str) -> None:
+        """A request's charge did not happen: close its invoice, give its credit back, and let a
+        retry of the same request start afresh (new invoice and charge keys)."""
+        st = self.sub.st
+        st.declined_requests[request_id] = retry + 1
+        _trim(st.declined_requests)
+        await self._completing(self.settle(inv.invoice_id, status), f"close {inv.invoice_id}")
+        if inv.credit_applied_minor:
+            await self._completing(
+                self.grant_credit(
+                    inv.credit_applied_minor,
+                    inv.invoice_id,
+                    "credit restored: the payment did not happen",
+                    "restore",
+                ),
+                f"restore credit {inv.credit_applied_minor}",
+            )
 
     async def _completing(self, write: Awaitable[None], what: str) -> bool:
         """A record write after money moved: False (and NeedsAttention) if it is refused."""

@@ -31,8 +31,23 @@ class Cancellation:
         self.sub = sub
         self.billing = billing
 
-    def decide(self, req: CancelRequest) -> CancellationDecision:
-        sub, st = self.sub, self.sub.st
+    def decide(self, req: CancelRequest, *, now: bool = False) -> CancellationDecision:
+        """The policy's decision; ``now`` keeps a cancellation accepted as immediate immediate.
+
+        A cancel-now accepted while the state was, say, past due waits for the lock; if a charge
+        meanwhile made the subscription active, it is still carried out now (never refused after
+        it was accepted): only its money follows the policy for an immediate cancellation.
+        """
+        st = self.sub.st
+        if now:
+            immediate = CancellationDecision(
+                allowed=True, message="canceled now", timing=Timing.IMMEDIATELY
+            )
+            if st.status in (Status.active, Status.paused):
+                by_policy = self._policy_decision(Timing.IMMEDIATELY)
+                if by_policy.allowed and not by_policy.needs_approval:
+                    return by_policy
+            return immediate
         requested = None
         if req.at_period_end is not None:
             requested = Timing.PERIOD_END if req.at_period_end else Timing.IMMEDIATELY
@@ -40,14 +55,7 @@ class Cancellation:
             # Nothing runs to a period end here (nothing is being served, or it is not paid for):
             # a cancellation takes effect now, whatever was asked, and is never refused. Unused
             # paid time (a pause mid-period) is handled as the policy says for an immediate one.
-            decision = CancellationDecision(
-                allowed=True, message="canceled now", timing=Timing.IMMEDIATELY
-            )
-            if st.status == Status.paused and st.start_date <= sub.today() < sub.due_date():
-                by_policy = self._policy_decision(Timing.IMMEDIATELY)
-                if by_policy.allowed and not by_policy.needs_approval:
-                    decision = by_policy
-            return decision
+            return self.decide(req, now=True)
         decision = self._policy_decision(requested)
         if not decision.allowed:
             raise ApplicationError(
@@ -86,16 +94,27 @@ class Cancellation:
         )
 
     async def now(self, req: CancelRequest, decision: CancellationDecision) -> CancelResult:
-        """Cancel today: debts closed, unused time back by policy, a fee to collect."""
+        """Cancel today: debts closed, unused time back by policy, a fee to collect.
+
+        A charge still processing is awaited first (it may yet succeed: then its period is paid
+        and credited back by policy, never left charged after the cancellation). Once the unpaid
+        invoices are closed nothing can stop the cancellation: a refused record is flagged for an
+        operator, a declined or refused fee goes to collections.
+        """
         sub, st = self.sub, self.sub.st
+        await self.billing.settle_processing()
         for inv in list(st.open_invoices):
             await self.billing.void(inv, "uncollectible" if inv.attempts else "void")
         rid = req.request_id or f"cancel-{st.audit_seq}"
         lines = self._unused_time(decision)
-        money = await self.billing.settle_request_lines(
+        money = await self.billing.settle_request_lines_or_flag(
             rid, lines, refund=decision.refund == CreditHandling.REFUND
         )
+        if st.billed is not None and lines:
+            st.billed.credits_minor -= sum(x.amount_minor for x in lines if x.amount_minor < 0)
         fee = await self._fee(rid, decision.early_termination_fee_minor)
+        if req.request_id:
+            st.closed_requests[req.request_id] = "applied"
         st.canceled_at = workflow.now()
         st.cancel_at_period_end = False
         st.cancel_reason = (req.reason or "")[:200] or None
@@ -160,14 +179,15 @@ class Cancellation:
             amount_minor=amount_minor,
             currency=st.terms.currency,
         )
-        money = await self.billing.settle_request_lines(
+        money = await self.billing.settle_request_lines_or_flag(
             f"{request_id}:fee", [line], refund=False, on_decline="uncollectible"
         )
-        if money.declined is not None:
+        if money.declined is not None or money.refused:
             details = {
                 "invoice_id": money.invoice_id or "",
                 "amount": format_money(amount_minor, st.terms.currency),
-                "decline_code": money.declined.decline_code or "",
+                "decline_code": (money.declined.decline_code or "") if money.declined else "",
+                "refused": "true" if money.refused else "",
             }
             await sub.transition("fee_to_collections", st.status, Actor(), details)
             await sub.notify("ops_collections", f"collections:{request_id}", details)
@@ -176,10 +196,12 @@ class Cancellation:
     async def at_period_end(self) -> None:
         """The period ended with a cancellation scheduled: the fee (if any), then canceled."""
         sub, st = self.sub, self.sub.st
-        fee = await self._fee("cancel-at-period-end", st.cancel_fee_minor)
-        st.canceled_at = workflow.now()
+        await self.billing.settle_processing()
         for inv in list(st.open_invoices):
             await self.billing.void(inv, "uncollectible" if inv.attempts else "void")
+        fee = await self._fee("cancel-at-period-end", st.cancel_fee_minor)
+        st.cancel_fee_minor = 0
+        st.canceled_at = workflow.now()
         await sub.transition(
             "canceled",
             Status.canceled,

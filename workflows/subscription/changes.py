@@ -16,7 +16,7 @@ from workflows.subscription.billing import Billing
 from workflows.subscription.context import Status, Sub
 
 with workflow.unsafe.imports_passed_through():
-    from models.calendar import period_index_containing
+    from models.calendar import period_containing, period_index_containing
     from models.errors import ErrorCode
     from models.policy import CreditHandling, Timing, parse_timing
     from models.proration import quote_change
@@ -124,8 +124,13 @@ class Changes:
             outcome="applied", request_id=req.request_id, subscription_id=st.subscription_id
         )
         if st.billed is None or st.status == Status.trialing:
-            # Nothing billed yet (a trial): the new terms simply apply from the first invoice.
+            # Nothing billed yet (a trial): the new terms simply apply from the first invoice
+            # (another interval renumbers the periods from the same start).
+            renumber = new.interval != st.terms.interval
             self.switch_terms(new, restart_at=None)
+            if renumber:
+                index = period_index_containing(st.anchor, new.interval, sub.billing_start())
+                st.period_index = st.first_period_index = index
             self._close(req.request_id, "applied")
             await sub.transition(
                 "change_applied", st.status, req.by, {"request_id": req.request_id}
@@ -161,6 +166,14 @@ class Changes:
         billed = st.billed
         assert billed is not None
         today = sub.today()
+        if billed.invoice_id is not None or not billed.start <= today < billed.end:
+            # Today is not in a paid span (a pause that skipped periods, a renewal not yet
+            # paid): there is nothing exact to prorate against, so the change waits.
+            raise ApplicationError(
+                "the current period is not paid yet (or was skipped by a pause); request the "
+                "change for the period end (when=period_end) or after the next renewal",
+                type=ErrorCode.CHANGE_NOT_ALLOWED,
+            )
         served = None
         if billed.length_days is not None:
             served = (billed.end - timedelta(days=billed.length_days), billed.end)
@@ -195,7 +208,7 @@ class Changes:
             st.billed = BilledPeriod(
                 start=today,
                 end=quote.next_billing_date,
-                period_start=today,
+                period_start=period_containing(quote.new_anchor, new.interval, today)[0],
                 unit_amount_minor=new.unit_amount_minor,
                 quantity=new.quantity,
                 billed_minor=charge_line,

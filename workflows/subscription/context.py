@@ -264,6 +264,11 @@ class Sub:
         """
         st = self.st
         now = workflow.now()
+        if st.attention is not None and st.attention.blocking and not blocking:
+            # A record that could not be written while a refused step waits: the step keeps
+            # its retry (and clears the flag when it succeeds); the record is in the log.
+            workflow.logger.warning("record refused", extra={"code": err.code, "step": step})
+            return st.attention
         attempts = st.attention.attempts + 1 if st.attention is not None else 1
         delay = ATTENTION_BACKOFF[min(attempts, len(ATTENTION_BACKOFF)) - 1]
         st.attention = Attention(

@@ -60,14 +60,18 @@ class Lifecycle:
     ) -> None:
         st = self.sub.st
         st.first_charge_error = code
-        for inv in list(st.open_invoices):
-            await self.billing.void(inv)
+        # The outcome first: a refused clean-up must never leave it startable (and chargeable).
         await self.sub.transition(
             "creation_failed",
             Status.incomplete_expired,
             Actor(reason=reason),
             details={"error_code": code, **(details or {})},
         )
+        for inv in list(st.open_invoices):
+            try:
+                await self.billing.void(inv)
+            except Refused as err:
+                self.sub.flag(err, f"void {inv.invoice_id}", blocking=False)
 
     async def notice(self) -> None:
         """Tell the customer what the next charge will be (scheduled changes and credit in)."""

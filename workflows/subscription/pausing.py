@@ -34,6 +34,11 @@ class Pausing:
                 if st.status == Status.paused
                 else ErrorCode.CHANGE_NOT_ALLOWED,
             )
+        if any(inv.processing_key is not None for inv in st.open_invoices):
+            raise ApplicationError(
+                "a payment of this subscription is still in progress; pause it once it settles",
+                type=ErrorCode.CHANGE_NOT_ALLOWED,
+            )
         if req.resume_on is not None and req.resume_on <= sub.today():
             raise ApplicationError(
                 f"resume_on must be after today ({sub.today()})", type=ErrorCode.INVALID_DATE_RANGE

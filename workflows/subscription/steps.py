@@ -64,10 +64,14 @@ def dunning_step(sub: Sub, inv: OpenInvoice, now: datetime | None = None) -> Dun
     )
 
 
-def notice_key(sub: Sub) -> str:
-    if sub.st.status == Status.trialing:
+def notice_key(sub: Sub, n: int | None = None) -> str:
+    """The key of the notice before period ``n`` (default: the next); unique per schedule."""
+    st = sub.st
+    if st.status == Status.trialing and n is None:
         return "trial_ending"
-    return f"upcoming:{sub.st.period_index}"
+    index = st.period_index if n is None else n
+    # A pause or an interval change restarts the numbering: the schedule keeps keys apart.
+    return f"upcoming:{index}" if st.schedule == 0 else f"upcoming:s{st.schedule}:{index}"
 
 
 def plan(sub: Sub) -> Step:
@@ -81,6 +85,8 @@ def plan(sub: Sub) -> Step:
     elif st.status == Status.paused:
         if st.resume_on is not None:
             candidates.append(Step(Kind.RESUME, local_midnight_utc(st.resume_on, st.timezone)))
+        processing = [i for i in st.open_invoices if i.processing_key is not None]
+        candidates.extend(Step(Kind.POLL, i.next_poll_at or now) for i in processing[:1])
     else:
         candidates.extend(_billing_steps(sub, now))
     for approval in st.approvals:
@@ -111,6 +117,8 @@ def _billing_steps(sub: Sub, now: datetime) -> list[Step]:
         if inv.attempts == 0 or inv.first_failed_at is None or inv.schedule_start is None:
             return [Step(Kind.COLLECT, now)]  # invoiced, never attempted: collect in order
         if st.status == Status.unpaid:
+            if st.cancel_at_period_end:
+                return [Step(Kind.CANCEL_AT_PERIOD_END, sub.due_at())]
             return []  # the final action was to wait for a new payment method
         step = dunning_step(sub, inv, now)
         if step.final_action is not None:

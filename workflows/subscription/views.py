@@ -67,7 +67,7 @@ def timeline_view(sub: Sub) -> Timeline:
                 )
                 break
             first = i == 0
-            key = notice_key(sub) if first else f"upcoming:{n}"
+            key = notice_key(sub) if first else notice_key(sub, n)
             notice_at = at - timedelta(days=st.notice_days)
             if key not in st.notices_sent and notice_at > workflow.now():
                 events.append(

@@ -117,7 +117,10 @@ class SubscriptionWorkflow:
                 period_paid = await self._act(step)
             if period_paid and self._may_continue_as_new():
                 await self._continue_as_new()
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and not sub.lock.locked()
+        )
+        await self.approvals.close_all("the subscription ended")
         return SubscriptionResult(
             subscription_id=self.st.subscription_id,
             status=self.st.status,
@@ -279,7 +282,8 @@ class SubscriptionWorkflow:
                     return self.cancellation.result().model_copy(
                         update={"request_id": req.request_id}
                     )
-                decision = self.cancellation.decide(req)  # the state may have moved meanwhile
+                # The state may have moved meanwhile; accepted as immediate, it stays immediate.
+                decision = self.cancellation.decide(req, now=immediate)
                 if decision.needs_approval:
                     return await self._open_cancel_approval(req, decision)
                 if not self.cancellation.is_immediate(decision):
@@ -314,10 +318,8 @@ class SubscriptionWorkflow:
     def _validate_cancel(self, req: CancelRequest) -> None:
         self._require_live()
         _check_text(req.reason, "reason")
-        if req.request_id is not None and len(req.request_id) > 64:
-            raise ApplicationError(
-                "request_id must be at most 64 characters", type=ErrorCode.INVALID_REQUEST
-            )
+        if req.request_id is not None:
+            self.approvals.require_unused(req.request_id)
         self.cancellation.decide(req)
 
     @workflow.update
