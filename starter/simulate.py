@@ -9,13 +9,28 @@ afresh, so a soft decline recovers on a dunning retry with probability ``1 - R``
 waits for a new card: a seeded share of those customers (``--card-update-share``) adds one a few
 days later through the same update the CLI and API use.
 
+Two options prove that subscriptions never break:
+
+* ``--faults F`` wraps the gateway in :class:`activities.fault_injection.InjectedFaults`: each of
+  the first two tries of a gateway call fails with chance ``F``, with every class of gateway error
+  (connection errors before the call and after it succeeded, 5xx, rate limits with and without
+  ``Retry-After``, a rejected key, a detached card on confirmation, ``processing`` answers).
+* ``--messages K`` sends each subscription on average ``K`` customer and approver messages a month
+  (:mod:`starter.sim_messages`: cancels, pauses, resumes, changes, card updates, approval
+  decisions) concurrently with the clock moving, through the service layer the CLI uses.
+
 Customers are a seeded mix of the catalog (plans, intervals, currencies, quantities, time zones,
 anchor days, trials), starting on days spread over the first weeks. The virtual clock moves one day
 at a time; afterwards every workflow is left to finish what it started, the database is reconciled
 against the gateway (:mod:`activities.reconcile`) and the KPIs are read from the database
-(:mod:`models.kpis` has the definitions). The output is one JSON object (``--json``) whose keys
-are a stable contract: ``renewals_due``, ``renewals_paid``, ``renewal_success_rate``,
+(:mod:`models.kpis` has the definitions). The output is one JSON object on one line (``--json``)
+whose keys are a stable contract: ``renewals_due``, ``renewals_paid``, ``renewal_success_rate``,
 ``first_attempt_failure_rate``, ``double_charges``, ``uncharged_periods``, ``wall_s``, and more.
+These must be 0 for any seed: ``double_charges``, ``uncharged_periods``, ``charges_after_cancel``,
+``credit_mismatches`` and ``refunds_over_payment`` (:mod:`activities.reconcile`),
+``workflows_failed`` and ``workflows_stuck`` (:mod:`starter.sim_checks` defines them),
+``message_errors`` and ``start_errors`` (a subscription that could not start for another reason
+than a declined first payment). ``messages_rejected`` counts the business refusals by code.
 
 ``oms kpis`` reads the same KPIs from the configured database for a date range.
 
@@ -35,7 +50,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -48,11 +64,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col
-from temporalio.client import Client, WorkflowExecutionDescription
+from temporalio.api.testservice.v1 import SleepRequest
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.db import create_db_engine, create_schema
-from activities.fault_injection import InjectedDeclines
+from activities.fault_injection import InjectedDeclines, InjectedFaults
+from activities.gateway import StripeGateway
 from activities.kpis import kpi_report
 from activities.reconcile import ReconciliationReport, reconcile
 from activities.store import Store
@@ -60,10 +79,25 @@ from activities.tables import AuditLog, Payment
 from models.calendar import billing_date
 from models.catalog import Catalog, default_catalog
 from models.errors import ErrorCode, OmsError
-from models.ids import subscription_workflow_id
+from models.ids import subscription_id_for_request, subscription_workflow_id
 from models.kpis import KpiReport, StepRecovery
 from models.subscription import Actor
 from starter.service import OmsService, SubscribeRequest
+from starter.sim_checks import (
+    RPC_TIMEOUT,
+    STUCK_ACTIVITY_ATTEMPTS,
+    WorkflowProblem,
+    check_fleet,
+    find_wedged,
+)
+from starter.sim_messages import (
+    MESSAGE_TIMEOUT_S,
+    SLOTS_PER_DAY,
+    MessageKind,
+    Messenger,
+    SubscriptionInfo,
+    pending_approvals,
+)
 from workers.main import Dependencies, build_worker
 from workers.servers import start_time_skipping
 
@@ -89,6 +123,12 @@ WORKER_THREADS = 32
 QUIESCE_TIMEOUT_S = 120.0
 # Started, first workflow task scheduled, started, completed.
 FIRST_TASK_DONE_EVENTS = 4
+MAX_PROBLEMS_LISTED = 20
+# While the clock is asked to move, look for workflows blocking it this often (wall seconds).
+WATCHDOG_S = 3.0
+DRAIN_HOURS = 48
+MAX_SLEEP_TRIES = 2
+SLEEP_RPC = timedelta(seconds=30)
 
 app = typer.Typer(add_completion=False)
 
@@ -259,6 +299,8 @@ class SimulationConfig(BaseModel):
     card_update_share: float = Field(default=0.5, ge=0, le=1)
     start_spread_days: int = Field(default=28, ge=1, le=366)
     database_url: str | None = None
+    faults: float = Field(default=0.0, ge=0, le=1)
+    messages: float = Field(default=0.0, ge=0, le=100)
 
 
 class SimulationResult(BaseModel):
@@ -290,6 +332,30 @@ class SimulationResult(BaseModel):
     unrecorded_charges: int
     invoices: int
     payments: int
+    faults: float = 0.0
+    messages: float = 0.0
+    faults_injected: dict[str, int] = Field(default_factory=dict)
+    messages_sent: int = 0
+    messages_accepted: int = 0
+    messages_rejected: dict[str, int] = Field(default_factory=dict)
+    message_errors: int = 0
+    message_errors_by_code: dict[str, int] = Field(default_factory=dict)
+    messages_by_kind: dict[str, int] = Field(default_factory=dict)
+    start_errors: int = 0
+    days_simulated: int = 0
+    clock_blocked: bool = Field(
+        default=False, description="the clock stopped moving; the run ended early"
+    )
+    workflows_checked: int = 0
+    workflows_failed: int = 0
+    workflows_stuck: int = 0
+    workflow_problems: list[WorkflowProblem] = Field(
+        default_factory=list, description=f"the first {MAX_PROBLEMS_LISTED} failed or stuck"
+    )
+    charges_after_cancel: int = 0
+    credit_mismatches: int = 0
+    credits_unchecked: int = 0
+    refunds_over_payment: int = 0
     simulated_from: datetime
     simulated_to: datetime
     wall_s: float
@@ -330,26 +396,46 @@ def workflow_busy(desc: WorkflowExecutionDescription) -> bool:
     The last one matters: the dev server delays the first workflow task of a run that continued
     as new about a second after a short previous run (observed with Temporal CLI 1.9.1), and
     meanwhile the new run shows neither a pending workflow task nor a pending activity.
+
+    A closed run, a workflow task that keeps failing (attempt 2 or more) and an activity that keeps
+    failing (:data:`starter.sim_checks.STUCK_ACTIVITY_ATTEMPTS`) are not busy: they will not settle
+    by waiting, and :func:`starter.sim_checks.check_fleet` reports them.
     """
+    if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
+        return False
     raw = desc.raw_description
     started = raw.workflow_execution_info.history_length >= FIRST_TASK_DONE_EVENTS
-    return bool(raw.pending_activities) or raw.HasField("pending_workflow_task") or not started
+    activities = [a for a in raw.pending_activities if a.attempt < STUCK_ACTIVITY_ATTEMPTS]
+    task = raw.HasField("pending_workflow_task") and raw.pending_workflow_task.attempt < 2
+    return bool(activities) or task or not started
 
 
-async def wait_idle(client: Client, subscription_ids: list[str], timeout_s: float) -> None:
-    """Wait until no subscription workflow is busy (see :func:`workflow_busy`), twice in a row."""
+async def wait_idle(client: Client, subscription_ids: list[str], timeout_s: float) -> int:
+    """Wait until no subscription workflow is busy (see :func:`workflow_busy`), twice in a row.
+
+    Returns:
+        How many were still busy when ``timeout_s`` ran out (0 when all settled); the figures are
+        computed anyway, and the workflow checks say what those are doing.
+    """
     deadline = time.monotonic() + timeout_s
     calm = 0
+    busy = 0
     while calm < 2:
         busy = 0
         for sub in subscription_ids:
             handle = client.get_workflow_handle(subscription_workflow_id(sub))
-            busy += workflow_busy(await handle.describe())
+            try:
+                busy += workflow_busy(await handle.describe(rpc_timeout=RPC_TIMEOUT))
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
         calm = calm + 1 if busy == 0 else 0
         if calm < 2:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{busy} workflow(s) still busy after {timeout_s:.0f}s")
+                log.warning("simulate.not_idle", busy=busy, timeout_s=timeout_s)
+                return busy
             await asyncio.sleep(0.5)
+    return 0
 
 
 async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> SimulationResult:
@@ -377,13 +463,13 @@ async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> S
                     "the simulation needs an empty database; this one already holds payments",
                 )
             fake.start()
-            gateway = InjectedDeclines(
-                SIM_API_KEY,
-                api_base=fake.url,
-                decline_rate=cfg.decline_rate,
-                hard_share=cfg.hard_share,
-                seed=cfg.seed,
+            base = StripeGateway(SIM_API_KEY, api_base=fake.url)
+            gateway: StripeGateway = InjectedDeclines(
+                base, decline_rate=cfg.decline_rate, hard_share=cfg.hard_share, seed=cfg.seed
             )
+            faults: InjectedFaults | None = None
+            if cfg.faults > 0:
+                gateway = faults = InjectedFaults(gateway, rate=cfg.faults, seed=cfg.seed)
             env = await start_time_skipping()
             task_queue = f"sim-{uuid.uuid4().hex[:8]}"
             service = OmsService(
@@ -391,7 +477,8 @@ async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> S
             )
             progress(
                 f"simulating {cfg.subscriptions} subscriptions for {cfg.months} months "
-                f"(decline rate {cfg.decline_rate}, seed {cfg.seed}); database {engine.url!r}"
+                f"(decline rate {cfg.decline_rate}, faults {cfg.faults}, messages {cfg.messages}, "
+                f"seed {cfg.seed}); database {engine.url!r}"
             )
             with ThreadPoolExecutor(max_workers=WORKER_THREADS) as executor:
                 worker = build_worker(
@@ -402,13 +489,17 @@ async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> S
                     max_concurrent_activities=WORKER_THREADS,
                 )
                 async with worker:
-                    sim = _Run(cfg, service, gateway, customers, rng, progress)
+                    sim = _Run(cfg, service, base, customers, rng, progress, catalog)
                     await sim.run(env)
                     progress("letting the workflows finish what they started")
-                    await wait_idle(env.client, sim.subscription_ids, QUIESCE_TIMEOUT_S)
+                    await wait_idle(env.client, sim.workflow_ids, QUIESCE_TIMEOUT_S)
                     end = await env.get_current_time()
+                    progress("checking every subscription workflow")
+                    fleet = await check_fleet(env.client, sim.workflow_ids)
                     progress("reconciling the database against the gateway")
-                    recon = await asyncio.to_thread(reconcile, store, gateway, end)
+                    recon = await asyncio.to_thread(
+                        reconcile, store, base, end, workflow_credits=fleet.credits
+                    )
                     kpis = await asyncio.to_thread(kpi_report, store)
         finally:
             if env is not None:
@@ -442,12 +533,65 @@ async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> S
         unrecorded_charges=len(recon.unrecorded_charges),
         invoices=kpis.invoices,
         payments=kpis.payments,
+        faults=cfg.faults,
+        messages=cfg.messages,
+        faults_injected=faults.injected_counts if faults is not None else {},
+        messages_sent=sim.messenger.stats.sent,
+        messages_accepted=sim.messenger.stats.accepted,
+        messages_rejected=dict(sorted(sim.messenger.stats.rejected.items())),
+        message_errors=sim.messenger.stats.error_count,
+        message_errors_by_code=dict(sorted(sim.messenger.stats.errors.items())),
+        messages_by_kind=dict(sorted(sim.messenger.stats.by_kind.items())),
+        start_errors=sum(sim.start_errors.values()),
+        days_simulated=sim.days_done,
+        clock_blocked=sim.clock_blocked,
+        workflows_checked=fleet.checked,
+        workflows_failed=fleet.count("failed"),
+        workflows_stuck=fleet.count("stuck"),
+        workflow_problems=fleet.problems[:MAX_PROBLEMS_LISTED],
+        charges_after_cancel=len(recon.charges_after_cancel),
+        credit_mismatches=len(recon.credit_mismatches),
+        credits_unchecked=fleet.unqueried,
+        refunds_over_payment=len(recon.refunds_over_payment),
         simulated_from=sim.start,
         simulated_to=end,
         wall_s=round(time.monotonic() - started_wall, 2),
         kpis=kpis,
         reconciliation=recon,
     )
+
+
+class _ClockBlocked(Exception):
+    """The virtual clock would not move."""
+
+
+class _Clock:
+    """Moves the time-skipping server's clock, with an RPC timeout, on a connection of its own.
+
+    ``env.sleep`` has no timeout: a sleep the server never ends (it was seen to happen after
+    workflow tasks kept failing, temporal-test-server 1.40) would hang the simulation. The
+    connection is its own so the worker's and the messages' traffic cannot hold it up, and it is
+    replaced after a failed sleep (the failures seen included HTTP/2 protocol errors).
+    """
+
+    def __init__(self, env: WorkflowEnvironment) -> None:
+        self.env = env
+        self._client: Client | None = None
+
+    async def sleep(self, delta: timedelta) -> None:
+        """Unlock time skipping for ``delta`` of virtual time (what ``env.sleep`` does)."""
+        if self._client is None:
+            config = self.env.client.service_client.config
+            self._client = await Client.connect(
+                config.target_host, namespace=self.env.client.namespace
+            )
+        req = SleepRequest()
+        req.duration.FromTimedelta(delta)
+        await self._client.test_service.unlock_time_skipping_with_sleep(req, timeout=SLEEP_RPC)
+
+    def reconnect(self) -> None:
+        """Use a fresh connection for the next sleep."""
+        self._client = None
 
 
 class _Run:
@@ -457,26 +601,36 @@ class _Run:
         self,
         cfg: SimulationConfig,
         service: OmsService,
-        gateway: InjectedDeclines,
+        cards: StripeGateway,
         customers: list[SimCustomer],
         rng: random.Random,
         progress: Progress,
+        catalog: Catalog,
     ) -> None:
         self.cfg = cfg
         self.service = service
-        self.gateway = gateway
+        self.cards = cards  # tokenizes test cards: the customer's side, never faulted
         self.customers = customers
         self.rng = rng
         self.progress = progress
         self.subscription_ids: list[str] = []
+        self.workflow_ids: list[str] = []  # every subscription whose workflow was started
         self.refused = 0
+        self.start_errors: Counter[str] = Counter()
         self.card_updates = 0
         self.updates_due: dict[int, list[str]] = {}
         self.audit_seen = 0
         self.start = datetime.min
         self.by = Actor(actor="simulation", channel="cli")
+        self.messenger = Messenger(service, cards, catalog, rate=cfg.messages, seed=cfg.seed)
+        self.blocking: dict[str, str] = {}  # workflows whose failing task stopped the clock
+        self.clock: _Clock | None = None
+        self._inflight: set[asyncio.Future[None]] = set()
+        self.days_done = 0
+        self.clock_blocked = False
 
     async def run(self, env: WorkflowEnvironment) -> None:
+        self.clock = _Clock(env)
         self.start = await env.get_current_time()
         first_day = self.start.date()
         days = (billing_date(first_day, 1, self.cfg.months) - first_day).days
@@ -485,32 +639,161 @@ class _Run:
             by_day.setdefault(c.start_day, []).append(c)
         limit = asyncio.Semaphore(SUBSCRIBE_CONCURRENCY)
         for day in range(days):
-            batch = by_day.get(day, [])
-            if batch:
-                now = await env.get_current_time()
-                await asyncio.gather(*(self._subscribe(c, now, limit) for c in batch))
+            now = await env.get_current_time()
+            for c in by_day.get(day, []):
+                self._launch(self._subscribe(c, now, limit))
             for sub in self.updates_due.pop(day, []):
-                await self._update_card(sub)
-            await env.sleep(timedelta(days=1))
+                self._launch(self._update_card(sub, day, now))
+            try:
+                await self._head_start()
+                if self.cfg.messages > 0:
+                    await self._day_with_messages(env, day)
+                else:
+                    await self._advance(env, timedelta(days=1))
+            except _ClockBlocked as err:
+                self.clock_blocked = True
+                self.progress(f"day {day + 1}/{days}: the clock stopped moving ({err}); ending")
+                break
+            self.days_done = day + 1
             await self._schedule_card_updates(day)
             if (day + 1) % 30 == 0 or day + 1 == days:
+                stats = self.messenger.stats
                 self.progress(
                     f"day {day + 1}/{days}: {len(self.subscription_ids)} started, "
-                    f"{self.refused} refused at start, {self.card_updates} card updates"
+                    f"{self.refused} refused at start, {self.card_updates} card updates, "
+                    f"{stats.sent} messages ({stats.error_count} errors)"
                 )
+        await self._drain(env)
+
+    def _launch(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background: the clock keeps moving while it waits."""
+        task = asyncio.ensure_future(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _head_start(self) -> None:
+        """Give the day's starts and card updates :data:`WATCHDOG_S` before the clock moves.
+
+        Most finish in that time, as if the clock had stood still; one still waiting then (for a
+        payment that is processing, polled on a timer) goes on while the clock moves.
+        """
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=WATCHDOG_S)
+
+    async def _drain(self, env: WorkflowEnvironment) -> None:
+        """Let the requests still in flight finish, moving the clock an hour at a time.
+
+        Each request has its own timeout (the service's update timeout, or
+        :data:`starter.sim_messages.MESSAGE_TIMEOUT_S`), so this ends.
+        """
+        for _ in range(DRAIN_HOURS):
+            if not self._inflight or self.clock_blocked:
+                break
+            await asyncio.wait(set(self._inflight), timeout=WATCHDOG_S)
+            if self._inflight:
+                try:
+                    await self._advance(env, timedelta(hours=1))
+                except _ClockBlocked as err:
+                    self.clock_blocked = True
+                    self.progress(f"the clock stopped moving ({err})")
+        if self._inflight:
+            # With the clock stopped, what is still in flight waits on a workflow that will not
+            # answer: give it a moment, then abandon it (counted as an error).
+            wait_s = WATCHDOG_S if self.clock_blocked else MESSAGE_TIMEOUT_S + WATCHDOG_S
+            await asyncio.wait(set(self._inflight), timeout=wait_s)
+        for task in list(self._inflight):
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=WATCHDOG_S)
+
+    async def _day_with_messages(self, env: WorkflowEnvironment, day: int) -> None:
+        """One day in quarters; each quarter's messages go out, then the clock moves on.
+
+        Messages are not awaited: like a customer's request they wait for the subscription, and
+        whatever it waits for (a timer, a retry) comes as the clock moves.
+        """
+        pending = await asyncio.to_thread(pending_approvals, self.service)
+        planned = self.messenger.plan_day(day, pending)
+        for slot in range(SLOTS_PER_DAY):
+            now = await env.get_current_time()
+            for msg in planned:
+                if msg.slot == slot:
+                    self._launch(self.messenger.send(msg, day, now))
+            await self._advance(env, timedelta(days=1) / SLOTS_PER_DAY)
+
+    async def _advance(self, env: WorkflowEnvironment, delta: timedelta) -> None:
+        """Move the virtual clock by ``delta``.
+
+        The time-skipping server does not skip time while a workflow task is outstanding, so one
+        workflow whose task keeps failing stops the clock for every workflow. While a sleep takes
+        longer than :data:`WATCHDOG_S`, such workflows are looked for; one found is recorded as
+        stuck (with the failure its history shows) and the run ends there: terminating it was seen
+        not to free the clock reliably (temporal-test-server 1.40), and the figures of a partial
+        run are still the evidence. A sleep that fails is retried once on a fresh connection.
+
+        Raises:
+            _ClockBlocked: a workflow blocks the clock, or the clock did not move.
+        """
+        assert self.clock is not None, "run() sets the clock up"
+        target = await env.get_current_time() + delta
+        for _ in range(MAX_SLEEP_TRIES):
+            remaining = target - await env.get_current_time()
+            if remaining <= timedelta(0):
+                return
+            task = asyncio.ensure_future(self.clock.sleep(remaining))
+            try:
+                while not (await asyncio.wait({task}, timeout=WATCHDOG_S))[0]:
+                    if await self._find_blocking(env):
+                        task.cancel()
+                        raise _ClockBlocked(
+                            "a workflow task keeps failing: "
+                            + "; ".join(f"{k}: {v}" for k, v in self.blocking.items())
+                        )
+                task.result()
+                return
+            except RPCError as err:
+                log.warning("simulate.sleep_failed", error=err.message, status=err.status.name)
+                self.clock.reconnect()
+        raise _ClockBlocked(f"still short of {target.isoformat()} after {MAX_SLEEP_TRIES} sleeps")
+
+    async def _find_blocking(self, env: WorkflowEnvironment) -> bool:
+        """Record the workflows whose workflow task keeps failing; True if there are any."""
+        found = await find_wedged(env.client, self.workflow_ids)
+        for sub, reason in found.items():
+            if sub not in self.blocking:
+                log.warning("simulate.workflow_blocks_clock", subscription_id=sub, reason=reason)
+            self.blocking[sub] = reason
+        return bool(found)
 
     async def _subscribe(self, c: SimCustomer, now: datetime, limit: asyncio.Semaphore) -> None:
         async with limit:
-            pm = await asyncio.to_thread(self.gateway.create_test_payment_method, VISA)
+            pm = await asyncio.to_thread(self.cards.create_test_payment_method, VISA)
             req = c.request.model_copy(update={"payment_method_id": pm})
+            sub = subscription_id_for_request(req.request_id or "")
+            self.workflow_ids.append(sub)
             try:
                 result = await self.service.subscribe(req, self.by, now=now)
-            except OmsError as err:
-                if err.code != ErrorCode.PAYMENT_DECLINED:
-                    raise
-                self.refused += 1
+            except asyncio.CancelledError:
+                self.start_errors["ABANDONED"] += 1  # still waiting when the clock stopped
+                raise
+            except Exception as err:  # every outcome is counted, none ends the simulation
+                if isinstance(err, OmsError) and err.code == ErrorCode.PAYMENT_DECLINED:
+                    self.refused += 1
+                    return
+                # Not the customer's doing: the subscription must still start. Counted, and its
+                # workflow is checked like every other.
+                code = err.code.value if isinstance(err, OmsError) else type(err).__name__
+                self.start_errors[code] += 1
+                log.warning("simulate.start_error", subscription_id=sub, code=code, error=str(err))
                 return
             self.subscription_ids.append(result.subscription_id)
+            self.messenger.add(
+                SubscriptionInfo(
+                    subscription_id=result.subscription_id,
+                    currency=req.currency,
+                    interval=req.interval,
+                )
+            )
 
     async def _schedule_card_updates(self, day: int) -> None:
         subs, self.audit_seen = await asyncio.to_thread(
@@ -520,14 +803,11 @@ class _Run:
             if self.rng.random() < self.cfg.card_update_share:
                 self.updates_due.setdefault(day + 1 + self.rng.randint(1, 3), []).append(sub)
 
-    async def _update_card(self, sub: str) -> None:
-        pm = await asyncio.to_thread(self.gateway.create_test_payment_method, VISA)
-        try:
-            await self.service.update_payment_method(sub, pm, self.by)
-        except OmsError as err:
-            log.info("simulation.card_update_refused", subscription_id=sub, code=err.code.value)
-            return
-        self.card_updates += 1
+    async def _update_card(self, sub: str, day: int, now: datetime) -> None:
+        """A hard-declined customer adds a working card: a customer message like the others."""
+        msg = self.messenger.new_message(sub, MessageKind.CARD_UPDATE)
+        if (await self.messenger.send(msg, day, now)).result == "accepted":
+            self.card_updates += 1
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -566,10 +846,19 @@ def simulate(
     database_url: str = typer.Option(
         None, help="An empty database to use instead of a temporary SQLite file."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    faults: float = typer.Option(
+        0.0,
+        help="Chance (0..1) that a try of a gateway call fails with an injected gateway error "
+        "(first two tries of each call and key).",
+    ),
+    messages: float = typer.Option(
+        0.0,
+        help="Customer and approver messages per subscription per month, sent while renewals run.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on one line."),
 ) -> None:
     """Simulate N subscriptions for M months on the time-skipping server; print KPIs."""
-    from starter.cli import emit_json, table
+    from starter.cli import table
 
     _configure_cli_logging()
     try:
@@ -581,6 +870,8 @@ def simulate(
             seed=seed,
             card_update_share=card_update_share,
             database_url=database_url,
+            faults=faults,
+            messages=messages,
         )
     except ValueError as err:
         _fail(OmsError(ErrorCode.INVALID_REQUEST, str(err).splitlines()[-1]), as_json)
@@ -595,7 +886,8 @@ def simulate(
     except SQLAlchemyError as err:
         _fail(OmsError(ErrorCode.DATABASE_UNAVAILABLE, f"database error: {err}"), as_json)
     if as_json:
-        emit_json(result.model_dump(mode="json", exclude={"kpis", "reconciliation"}))
+        body = result.model_dump(mode="json", exclude={"kpis", "reconciliation"})
+        typer.echo(json.dumps(body, separators=(",", ":")))
         return
     rows: list[list[Any]] = [
         ["subscriptions", f"{result.subscriptions} ({result.started} started)"],
@@ -615,6 +907,17 @@ def simulate(
         ["double charges", result.double_charges],
         ["uncharged periods", result.uncharged_periods],
         ["payment rows not matching the gateway", result.payment_mismatches],
+        ["charges after a cancellation", result.charges_after_cancel],
+        ["credit balances not matching the ledger", result.credit_mismatches],
+        ["payments refunded over their amount", result.refunds_over_payment],
+        ["workflows failed / stuck", f"{result.workflows_failed} / {result.workflows_stuck}"],
+        ["gateway faults injected", sum(result.faults_injected.values())],
+        [
+            "messages sent / rejected / errors",
+            f"{result.messages_sent} / {sum(result.messages_rejected.values())} / "
+            f"{result.message_errors}",
+        ],
+        ["subscriptions that could not start (not a decline)", result.start_errors],
         ["wall time", f"{result.wall_s:.1f} s"],
     ]
     table(rows, ["figure", "value"])
