@@ -1,7 +1,8 @@
 # Subscription OMS: developer entry points. Needs only Python 3.11+ and make.
 #
 #   make dev          run the whole local stack (Temporal + UI, localstripe, worker, API)
-#   make test         run the test suite (PYTEST_ARGS="-k foo -x" to narrow it)
+#   make test         run the whole test suite, as CI does (PYTEST_ARGS="-k foo -x" to narrow it)
+#   make test-fast    the quick tiers only: tests/unit, tests/activities, tests/intake (~1 min)
 #   make lint         ruff check, ruff format --check, mypy
 #   make install      create .venv and install the project with its dev extras
 #   make clean-state  forget the local stack's data (.oms/)
@@ -17,11 +18,14 @@ STATE_DIR := .oms
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install dev test lint clean-state
+FAST_TESTS := tests/unit tests/activities tests/intake
+
+.PHONY: help install dev test test-fast lint clean-state
 
 help:
 	@echo "make dev          run the local stack (Temporal + Web UI, localstripe, worker, API)"
-	@echo "make test         run the tests (PYTEST_ARGS='...' passes options to pytest)"
+	@echo "make test         run all the tests, as CI does (PYTEST_ARGS='...' passes options to pytest)"
+	@echo "make test-fast    the quick tiers only ($(FAST_TESTS)), no slow tests"
 	@echo "make lint         ruff check + ruff format --check + mypy"
 	@echo "make install      create $(VENV) and install the project (.[dev])"
 	@echo "make clean-state  remove $(STATE_DIR)/ (dev server, localstripe and SQLite data)"
@@ -44,6 +48,9 @@ dev: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m 'not slow' $(FAST_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

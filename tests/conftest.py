@@ -16,6 +16,26 @@ from sqlalchemy import Engine
 
 from tests.support.procs import localstripe_server
 
+TESTS = Path(__file__).resolve().parent
+
+# Tests that take tens of seconds to minutes each (real servers, worker kills, the whole stack):
+# marked ``slow`` so ``make test-fast`` and ``pytest -m "not slow"`` leave them out. A file or a
+# folder (every test under it), relative to tests/.
+SLOW = (
+    "workflows/test_chaos.py",
+    "workflows/test_crash_recovery.py",
+    "clock/test_clock_stack.py",
+    "e2e",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = [TESTS / part for part in SLOW]
+    for item in items:
+        path = item.path.resolve()
+        if any(path == s or s in path.parents for s in slow):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def localstripe_url() -> Iterator[str]:
