@@ -29,19 +29,20 @@ from models.kpis import (
     compute_kpis,
     day_start_utc,
 )
+from models.vocabulary import AuditAction
 
 log = structlog.get_logger(__name__)
 
 # Audit actions the KPIs read (status moves carry to_status; the others are counted).
 KPI_ACTIONS = (
-    "created",
-    "activated",
-    "renewed",
-    "recovered",
-    "payment_failed",
-    "marked_unpaid",
-    "canceled",
-    "creation_failed",
+    AuditAction.CREATED,
+    AuditAction.ACTIVATED,
+    AuditAction.RENEWED,
+    AuditAction.RECOVERED,
+    AuditAction.PAYMENT_FAILED,
+    AuditAction.MARKED_UNPAID,
+    AuditAction.CANCELED,
+    AuditAction.CREATION_FAILED,
 )
 
 

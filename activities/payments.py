@@ -31,10 +31,11 @@ from models.subscription import (
     RefundRequest,
     RefundResult,
 )
+from models.vocabulary import PaymentStatus
 
 log = structlog.get_logger(__name__)
 
-FINAL_STATUSES = {"succeeded", "declined"}
+FINAL_STATUSES = {PaymentStatus.SUCCEEDED, PaymentStatus.DECLINED}
 
 
 HEARTBEAT_INTERVAL_S = 5.0
@@ -113,7 +114,7 @@ class PaymentActivities:
                 attempt=req.attempt,
                 amount_minor=req.amount_minor,
                 currency=req.currency,
-                status="pending",
+                status=PaymentStatus.PENDING,
                 created_at=utcnow(),
                 updated_at=utcnow(),
             )
@@ -136,7 +137,7 @@ class PaymentActivities:
             # of this attempt, recorded as a hard decline for dunning to ask for a new card.
             row = self.store.update_payment(
                 key,
-                status="declined",
+                status=PaymentStatus.DECLINED,
                 decline_code=ErrorCode.GATEWAY_REFUSED.value.lower(),
                 decline_category="hard",
                 failure_message=err.message[:500],
@@ -231,18 +232,18 @@ class PaymentActivities:
         )
 
     def _record_outcome(self, key: str, info: IntentInfo) -> ChargeResult:
-        if info.status == "succeeded":
-            row = self.store.update_payment(key, status="succeeded")
+        if info.status == "succeeded":  # the gateway's word
+            row = self.store.update_payment(key, status=PaymentStatus.SUCCEEDED)
         elif info.decline is not None:
             row = self.store.update_payment(
                 key,
-                status="declined",
+                status=PaymentStatus.DECLINED,
                 decline_code=info.decline.decline_code or info.decline.code,
                 decline_category=info.decline.category.value,
                 failure_message=info.decline.message[:500],
             )
         else:
-            row = self.store.update_payment(key, status="processing")
+            row = self.store.update_payment(key, status=PaymentStatus.PROCESSING)
         log.info(
             "payment.attempt",
             idempotency_key=key,

@@ -41,11 +41,12 @@ from datetime import UTC, date, datetime, time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.vocabulary import PAID_ACTIONS, AuditAction, PaymentStatus
+
 LIVE_STATUSES = frozenset({"trialing", "active", "past_due", "unpaid", "paused"})
 TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 COLLECTING_STATUSES = frozenset({"active", "past_due"})
-SETTLED_PAYMENT_STATUSES = frozenset({"succeeded", "declined"})
-PAID_ACTIONS = frozenset({"activated", "renewed", "recovered"})
+SETTLED_PAYMENT_STATUSES = frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.DECLINED})
 
 
 class InvoiceFact(BaseModel):
@@ -208,7 +209,7 @@ def paid_late(invoice: InvoiceFact, audit: Sequence[AuditFact], rank: dict[str, 
         if other is None:
             continue
         if (entry.action in PAID_ACTIONS and other >= p) or (
-            entry.action == "payment_failed" and other > p
+            entry.action == AuditAction.PAYMENT_FAILED and other > p
         ):
             closing_seq = entry.seq
             break

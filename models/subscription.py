@@ -16,6 +16,7 @@ from models.catalog import Catalog
 from models.dunning import DunningRule
 from models.invoice import InvoiceLine
 from models.policy import Policy
+from models.vocabulary import PaymentStatus
 
 
 class SubscriptionStatus(StrEnum):
@@ -555,11 +556,11 @@ class ChargeResult(BaseModel):
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == PaymentStatus.SUCCEEDED
 
     @property
     def processing(self) -> bool:
-        return self.status == "processing"
+        return self.status == PaymentStatus.PROCESSING
 
 
 class InvoiceSettlement(BaseModel):

@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from models.errors import ErrorCode, OmsError
     from models.policy import ApprovalSla
     from models.subscription import Actor, ApprovalDecision, ApprovalRecord, PendingApproval
+    from models.vocabulary import AuditAction
 
 
 class Approvals:
@@ -103,7 +104,7 @@ class Approvals:
         st.approvals.append(approval)
         sub.mirror()
         await sub.transition(
-            "approval_requested",
+            AuditAction.APPROVAL_REQUESTED,
             st.status,
             by,
             {"request_id": request_id, "kind": kind, "groups": ",".join(groups)},
@@ -122,7 +123,7 @@ class Approvals:
             st.closed_requests.pop(next(iter(st.closed_requests)))
         sub.mirror()
         await sub.transition(
-            f"approval_{status}",
+            AuditAction(f"approval_{status}"),
             st.status,
             by.model_copy(update={"reason": reason[:500], "request_id": approval.request_id}),
             {"request_id": approval.request_id, "kind": approval.kind},
@@ -144,7 +145,7 @@ class Approvals:
                 approval.reminded = True
                 await self.notify_approvers(approval, "approval_reminder", approval.groups[:1])
                 await sub.transition(
-                    "approval_reminded",
+                    AuditAction.APPROVAL_REMINDED,
                     st.status,
                     Actor(),
                     {"request_id": approval.request_id},
@@ -159,7 +160,7 @@ class Approvals:
                 approval.escalated = True
                 await self.notify_approvers(approval, "approval_escalated", approval.groups[1:])
                 await sub.transition(
-                    "approval_escalated",
+                    AuditAction.APPROVAL_ESCALATED,
                     st.status,
                     Actor(),
                     {

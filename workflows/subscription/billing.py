@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentRef,
         RefundRequest,
     )
+    from models.vocabulary import AuditAction, InvoiceStatus
 
 POLL_FIRST = timedelta(minutes=1)
 POLL_MAX = timedelta(hours=6)
@@ -265,7 +266,7 @@ class Billing:
     async def mark_paid(self, inv: OpenInvoice, result: ChargeResult | None) -> None:
         """Settle ``inv`` as paid (a total below the minimum is carried to the next invoice)."""
         st = self.sub.st
-        await self.settle(inv.invoice_id, "paid", result.intent_id if result else None)
+        await self.settle(inv.invoice_id, InvoiceStatus.PAID, result.intent_id if result else None)
         if result is None and below_gateway_minimum(inv.amount_minor, st.terms.currency):
             st.carried_minor += inv.amount_minor
         st.open_invoices.remove(inv)
@@ -283,11 +284,11 @@ class Billing:
             InvoiceSettlement(invoice_id=invoice, status=status, payment_intent_id=intent_id)
         )
 
-    async def void(self, inv: OpenInvoice, status: str = "void") -> None:
+    async def void(self, inv: OpenInvoice, status: str = InvoiceStatus.VOID) -> None:
         """Close an unpaid invoice (void or uncollectible); a void one gives its credit back."""
         st = self.sub.st
         await self.settle(inv.invoice_id, status)
-        if status == "void" and inv.credit_applied_minor:
+        if status == InvoiceStatus.VOID and inv.credit_applied_minor:
             await self.grant_credit(
                 inv.credit_applied_minor,
                 inv.invoice_id,
@@ -305,7 +306,7 @@ class Billing:
         lines: list[InvoiceLine],
         *,
         refund: bool,
-        on_decline: str = "void",
+        on_decline: str = InvoiceStatus.VOID,
     ) -> RequestMoney:
         """Invoice a request's lines: charge what is owed, refund or credit what is given back.
 
@@ -367,7 +368,7 @@ class Billing:
                     await workflow.sleep(inv.next_poll_at - workflow.now())
                     result = await self.poll(inv)
             except Refused:
-                await self._abandon(inv, request_id, retry, "void")
+                await self._abandon(inv, request_id, retry, InvoiceStatus.VOID)
                 raise
             if not result.succeeded:
                 await self._abandon(inv, request_id, retry, on_decline)
@@ -381,11 +382,13 @@ class Billing:
                 st.billed.payments.append(
                     PaymentRef(intent_id=result.intent_id, amount_minor=composed.total_minor)
                 )
-            await self._completing(self.settle(inv_id, "paid", result.intent_id), "settle")
+            await self._completing(
+                self.settle(inv_id, InvoiceStatus.PAID, result.intent_id), "settle"
+            )
         else:
             if composed.total_minor > 0:
                 st.carried_minor += composed.total_minor  # below the minimum: carried
-            await self.settle(inv_id, "paid")
+            await self.settle(inv_id, InvoiceStatus.PAID)
         owed_back = max(0, -subtotal)
         if owed_back and refund:
             refunded = await self.refund(owed_back, request_id, inv_id)
@@ -405,7 +408,7 @@ class Billing:
         lines: list[InvoiceLine],
         *,
         refund: bool,
-        on_decline: str = "void",
+        on_decline: str = InvoiceStatus.VOID,
     ) -> RequestMoney:
         """:meth:`settle_request_lines` for a step that must complete (a cancellation): a refusal
         is flagged for an operator (NeedsAttention) instead of raised."""
@@ -521,13 +524,13 @@ def _trim(d: dict[str, int], keep: int = 100) -> None:
         d.pop(next(iter(d)))
 
 
-def status_after_payment(recovering: bool, status: Status) -> str:
+def status_after_payment(recovering: bool, status: Status) -> AuditAction:
     """The audit action of a paid invoice: recovered, renewed or activated."""
     if recovering:
-        return "recovered"
+        return AuditAction.RECOVERED
     if status == Status.active:
-        return "renewed"
-    return "activated"
+        return AuditAction.RENEWED
+    return AuditAction.ACTIVATED
 
 
 def unused_from(billed: BilledPeriod, today: date) -> bool:

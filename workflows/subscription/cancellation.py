@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from models.policy import CancellationDecision, CreditHandling, Timing
     from models.proration import quote_cancellation
     from models.subscription import Actor, CancelRequest, CancelResult
+    from models.vocabulary import AuditAction, InvoiceStatus
 
 
 class Cancellation:
@@ -84,7 +85,7 @@ class Cancellation:
             st.cancel_at_period_end = True
             st.cancel_fee_minor = decision.early_termination_fee_minor
             await sub.transition(
-                "cancel_scheduled",
+                AuditAction.CANCEL_SCHEDULED,
                 st.status,
                 req.by,
                 {"effective_date": sub.due_date().isoformat()},
@@ -104,7 +105,9 @@ class Cancellation:
         sub, st = self.sub, self.sub.st
         await self.billing.settle_processing()
         for inv in list(st.open_invoices):
-            await self.billing.void(inv, "uncollectible" if inv.attempts else "void")
+            await self.billing.void(
+                inv, InvoiceStatus.UNCOLLECTIBLE if inv.attempts else InvoiceStatus.VOID
+            )
         rid = req.request_id or f"cancel-{st.audit_seq}"
         lines = self._unused_time(decision)
         money = await self.billing.settle_request_lines_or_flag(
@@ -120,7 +123,7 @@ class Cancellation:
         st.cancel_reason = (req.reason or "")[:200] or None
         st.scheduled_changes.clear()
         await sub.transition(
-            "canceled",
+            AuditAction.CANCELED,
             Status.canceled,
             req.by,
             details={
@@ -180,7 +183,7 @@ class Cancellation:
             currency=st.terms.currency,
         )
         money = await self.billing.settle_request_lines_or_flag(
-            f"{request_id}:fee", [line], refund=False, on_decline="uncollectible"
+            f"{request_id}:fee", [line], refund=False, on_decline=InvoiceStatus.UNCOLLECTIBLE
         )
         if money.declined is not None or money.refused:
             details = {
@@ -189,7 +192,7 @@ class Cancellation:
                 "decline_code": (money.declined.decline_code or "") if money.declined else "",
                 "refused": "true" if money.refused else "",
             }
-            await sub.transition("fee_to_collections", st.status, Actor(), details)
+            await sub.transition(AuditAction.FEE_TO_COLLECTIONS, st.status, Actor(), details)
             await sub.notify("ops_collections", f"collections:{request_id}", details)
         return money
 
@@ -198,12 +201,14 @@ class Cancellation:
         sub, st = self.sub, self.sub.st
         await self.billing.settle_processing()
         for inv in list(st.open_invoices):
-            await self.billing.void(inv, "uncollectible" if inv.attempts else "void")
+            await self.billing.void(
+                inv, InvoiceStatus.UNCOLLECTIBLE if inv.attempts else InvoiceStatus.VOID
+            )
         fee = await self._fee("cancel-at-period-end", st.cancel_fee_minor)
         st.cancel_fee_minor = 0
         st.canceled_at = workflow.now()
         await sub.transition(
-            "canceled",
+            AuditAction.CANCELED,
             Status.canceled,
             Actor(),
             details={"mode": "at_period_end", "fee_collected": str(fee.charged_minor)},
@@ -214,7 +219,7 @@ class Cancellation:
         st = self.sub.st
         st.cancel_at_period_end = False
         st.cancel_fee_minor = 0
-        await self.sub.transition("cancel_withdrawn", st.status, by)
+        await self.sub.transition(AuditAction.CANCEL_WITHDRAWN, st.status, by)
         return self.result()
 
     def result(self) -> CancelResult:

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         PendingChange,
         Terms,
     )
+    from models.vocabulary import AuditAction
 
 MAX_QUANTITY = 100_000
 
@@ -133,7 +134,7 @@ class Changes:
                 st.period_index = st.first_period_index = index
             self._close(req.request_id, "applied")
             await sub.transition(
-                "change_applied", st.status, req.by, {"request_id": req.request_id}
+                AuditAction.CHANGE_APPLIED, st.status, req.by, {"request_id": req.request_id}
             )
             return base.model_copy(update={"effective_date": sub.today()})
         if timing == Timing.PERIOD_END:
@@ -151,7 +152,7 @@ class Changes:
                 )
             )
             await sub.transition(
-                "change_scheduled",
+                AuditAction.CHANGE_SCHEDULED,
                 st.status,
                 req.by,
                 {"request_id": req.request_id, "effective_date": effective.isoformat()},
@@ -222,7 +223,7 @@ class Changes:
             billed.credits_minor += credit_line
         self._close(req.request_id, "applied")
         await sub.transition(
-            "change_applied",
+            AuditAction.CHANGE_APPLIED,
             st.status,
             req.by,
             {
@@ -263,7 +264,7 @@ class Changes:
             restart = due if change.terms.interval != st.terms.interval else None
             self.switch_terms(change.terms, restart_at=restart)
             await sub.transition(
-                "change_applied",
+                AuditAction.CHANGE_APPLIED,
                 st.status,
                 change.requested_by,
                 {"request_id": change.request_id, "scheduled": "true"},
@@ -290,7 +291,7 @@ class Changes:
                 st.scheduled_changes.remove(change)
                 self._close(request_id, "withdrawn")
                 await self.sub.transition(
-                    "change_withdrawn", st.status, by, {"request_id": request_id}
+                    AuditAction.CHANGE_WITHDRAWN, st.status, by, {"request_id": request_id}
                 )
                 return True
         return False

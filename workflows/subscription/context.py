@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         Terms,
         TransitionRecord,
     )
+    from models.vocabulary import AuditAction
 
 Status = SubscriptionStatus
 
@@ -294,5 +295,8 @@ class Sub:
         cleared = st.attention
         st.attention = None
         await self.transition(
-            "attention_cleared", st.status, Actor(), {"code": cleared.code, "step": cleared.step}
+            AuditAction.ATTENTION_CLEARED,
+            st.status,
+            Actor(),
+            {"code": cleared.code, "step": cleared.step},
         )

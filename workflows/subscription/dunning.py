@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from models.dunning import DunningStep, FinalAction
     from models.money import format_money
     from models.subscription import Actor, ChargeResult, OpenInvoice
+    from models.vocabulary import AuditAction, InvoiceStatus
 
 
 class Dunning:
@@ -60,7 +61,7 @@ class Dunning:
         st.access = step.access.value
         if step.retry_at is not None:
             details["next_retry_at"] = step.retry_at.isoformat()
-        await sub.transition("payment_failed", Status.past_due, Actor(), details=details)
+        await sub.transition(AuditAction.PAYMENT_FAILED, Status.past_due, Actor(), details=details)
         await sub.notify(
             "payment_failed",
             f"payment_failed:{inv.invoice_id}:{inv.attempts - 1}",
@@ -84,14 +85,19 @@ class Dunning:
             return  # not final yet (a new card restarted the schedule meanwhile)
         if step.final_action == FinalAction.cancel:
             for unpaid in list(st.open_invoices):
-                await self.billing.void(unpaid, "uncollectible")
+                await self.billing.void(unpaid, InvoiceStatus.UNCOLLECTIBLE)
             st.canceled_at = workflow.now()
             st.cancel_reason = "nonpayment"
             st.cancel_at_period_end = False
             await sub.transition(
-                "canceled", Status.canceled, Actor(reason="nonpayment"), {"mode": "nonpayment"}
+                AuditAction.CANCELED,
+                Status.canceled,
+                Actor(reason="nonpayment"),
+                {"mode": "nonpayment"},
             )
             await sub.notify("canceled", "canceled", {"reason": "nonpayment"})
             return
         if st.status != Status.unpaid:
-            await sub.transition("marked_unpaid", Status.unpaid, Actor(reason="nonpayment"))
+            await sub.transition(
+                AuditAction.MARKED_UNPAID, Status.unpaid, Actor(reason="nonpayment")
+            )

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from models.errors import ErrorCode
     from models.money import format_money
     from models.subscription import Actor, ProvisionCustomer, ProvisionedCustomer
+    from models.vocabulary import AuditAction
 
 
 class Lifecycle:
@@ -51,9 +52,9 @@ class Lifecycle:
             return
         st.gateway_customer_id = provisioned.gateway_customer_id
         if st.trial_end is not None:
-            await sub.transition("created", Status.trialing, st.created_by)
+            await sub.transition(AuditAction.CREATED, Status.trialing, st.created_by)
         else:
-            await sub.transition("created", Status.incomplete, st.created_by)
+            await sub.transition(AuditAction.CREATED, Status.incomplete, st.created_by)
 
     async def fail_start(
         self, code: str, reason: str, details: dict[str, str] | None = None
@@ -62,7 +63,7 @@ class Lifecycle:
         st.first_charge_error = code
         # The outcome first: a refused clean-up must never leave it startable (and chargeable).
         await self.sub.transition(
-            "creation_failed",
+            AuditAction.CREATION_FAILED,
             Status.incomplete_expired,
             Actor(reason=reason),
             details={"error_code": code, **(details or {})},

@@ -19,6 +19,7 @@ from workflows.subscription.context import Status, Sub
 with workflow.unsafe.imports_passed_through():
     from models.errors import ErrorCode
     from models.subscription import Actor, PauseRequest, PauseResult
+    from models.vocabulary import AuditAction
 
 
 class Pausing:
@@ -64,7 +65,7 @@ class Pausing:
         st.pause_shifts_billing = decision.shift_billing_dates
         st.closed_requests[req.request_id] = "applied"
         await sub.transition(
-            "paused",
+            AuditAction.PAUSED,
             Status.paused,
             req.by,
             {"request_id": req.request_id, "resume_on": str(decision.resume_on or "")},
@@ -109,7 +110,7 @@ class Pausing:
         st.paused_on = None
         st.resume_on = None
         await sub.transition(
-            "resumed",
+            AuditAction.RESUMED,
             Status.active,
             by,
             {"days_paused": str(days), "next_billing_date": sub.due_date().isoformat()},

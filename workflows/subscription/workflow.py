@@ -65,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         UncancelRequest,
         WithdrawRequest,
     )
+    from models.vocabulary import AuditAction
 
 T = TypeVar("T")
 
@@ -197,7 +198,7 @@ class SubscriptionWorkflow:
             "message": err.message[:MAX_TEXT],
             "retry_at": attention.retry_at.isoformat(),
         }
-        await self.sub.transition("needs_attention", self.st.status, Actor(), details)
+        await self.sub.transition(AuditAction.NEEDS_ATTENTION, self.st.status, Actor(), details)
         await self.sub.notify("ops_attention", f"attention:{self.st.audit_seq}", details)
 
     def _may_continue_as_new(self) -> bool:
@@ -359,7 +360,7 @@ class SubscriptionWorkflow:
             previous = st.payment_method_id
             st.payment_method_id = req.payment_method_id
             await self.sub.transition(
-                "payment_method_updated",
+                AuditAction.PAYMENT_METHOD_UPDATED,
                 st.status,
                 clip_actor(req.by),
                 details={"from": previous, "to": req.payment_method_id},
