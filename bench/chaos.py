@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/chaos.py --subscriptions 300 [--kills 8] [--outage-s 10] [--seed 1]
+    .venv/bin/python -m bench.chaos --subscriptions 300 [--kills 8] [--outage-s 10] [--seed 1]
         [--window-s 90] [--outage-mode down|hang] [--json]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test]
 
@@ -22,16 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tests.support.chaos_harness import ChaosConfig, run_chaos  # noqa: E402
-from workers.logs import configure_logging  # noqa: E402
+from tests.support.chaos_harness import ChaosConfig, run_chaos
+from workers.logs import configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--subscriptions", type=int, default=300)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--kills", type=int, default=None, help="default: one per 10 s of window")

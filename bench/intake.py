@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/intake.py [--rate 5] [--seconds 30] [--warmup 5] [--json-only]
+    .venv/bin/python -m bench.intake [--rate 5] [--seconds 30] [--warmup 5] [--json-only]
         [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/test] [--extra-workers N]
 
 What it does, all on loopback and bounded in count and time:
@@ -40,9 +40,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from temporalio import workflow
+
+if TYPE_CHECKING:
+    from starter.procs import ManagedProcess
 
 MAX_SECONDS = 300
 FLOOR_TASK_QUEUE = "bench-floor"
@@ -74,14 +78,6 @@ class BenchNoop:
 
 def _root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -464,39 +460,33 @@ def _api(args: argparse.Namespace) -> None:
 
 
 class Procs:
-    """Child processes, stopped in reverse order (SIGINT, then SIGKILL)."""
+    """Child processes, each logging to its own file, stopped together (SIGINT to each process
+    group, then SIGKILL to those still running after 60 s)."""
 
     def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
+        self.procs: list[ManagedProcess] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], log: str) -> Any:
-        out = open(log, "w")  # noqa: SIM115 (kept open for the child's life)
-        proc = subprocess.Popen(
+    def start(self, name: str, argv: list[str], env: dict[str, str], log: str) -> ManagedProcess:
+        from starter.procs import ManagedProcess
+
+        proc = ManagedProcess(
             argv,
+            name=name,
             env=env,
-            cwd=_root(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.procs.append((name, proc))
+            output=Path(log),
+            own_group=True,
+            stop_signal=signal.SIGINT,
+        ).start()
+        self.procs.append(proc)
         return proc
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-        deadline = time.monotonic() + 60
-        for _, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        from starter.procs import stop_all
+
+        stop_all(reversed(self.procs), timeout=60)
 
 
-def _wait_for_line(path: str, needle: str, proc: subprocess.Popen[str], timeout: float) -> None:
+def _wait_for_line(path: str, needle: str, proc: ManagedProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -611,7 +601,9 @@ def bench(args: argparse.Namespace) -> int:
     n = int(args.rate * (seconds + args.warmup))
     warm = int(args.rate * args.warmup)
     tmp = tempfile.mkdtemp(prefix="oms-bench-")
-    ports = {k: _free_port() for k in ("grpc", "ui", "stripe", "api", "api2")}
+    from starter.procs import free_ports
+
+    ports = dict(zip(("grpc", "ui", "stripe", "api", "api2"), free_ports(5), strict=True))
     db_url = args.database_url or f"sqlite:///{tmp}/oms.db"
     schema = base_url = None
     if db_url.startswith("postgresql"):  # a fresh schema for this run, dropped afterwards
@@ -826,7 +818,9 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/intake.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.intake", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--rate", type=float, default=5.0, help="orders per second (open loop)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds (max 300)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds not measured")
@@ -863,6 +857,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a script: make the repository importable
-        sys.path.insert(0, _root())
     raise SystemExit(main())

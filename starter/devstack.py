@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from starter import fakestripe
+from starter.procs import ManagedProcess, port_open
 from workers.config import ENV_OVERRIDES, Config, load_config
 
 STATE_DIR = Path(".oms")
@@ -331,13 +331,7 @@ def python_module_command(module: str, *args: str) -> list[str]:
 
 
 def stripe_command(config: Config) -> list[str]:
-    return python_module_command(
-        "starter.fakestripe",
-        "--port",
-        str(config.gateway.localstripe_port),
-        "--state",
-        config.gateway.localstripe_state,
-    )
+    return fakestripe.command(config.gateway.localstripe_port, config.gateway.localstripe_state)
 
 
 def mask_url(url: str) -> str:
@@ -441,7 +435,7 @@ def die_with_parent_prefix() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
-class Child:
+class Child(ManagedProcess):
     """A child process in its own process group whose merged output is re-printed."""
 
     def __init__(
@@ -459,59 +453,29 @@ class Child:
             stop_signal: sent to the process group to ask it to stop.
             shutdown_noise: lines for which this is true are dropped once stopping began.
         """
-        self.name = name
         self.console = console
-        self.stop_signal = stop_signal
         self.shutdown_noise = shutdown_noise
-        self.stopping = threading.Event()
-        # process_group=0: the terminal's Ctrl-C reaches only the launcher, which then stops
-        # the children itself, in order, exactly once.
-        self.proc = subprocess.Popen(
+        # own_group: the terminal's Ctrl-C reaches only the launcher, which then stops the
+        # children itself, in order, exactly once.
+        super().__init__(
             [*die_with_parent_prefix(), *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            process_group=0,
+            name=name,
+            env=env,
+            cwd=None,
+            output=self._line,
+            own_group=True,
+            stop_signal=stop_signal,
+            stop_timeout=STOP_TIMEOUT,
         )
-        self.pump = threading.Thread(target=self._pump, name=f"pump-{name}", daemon=True)
-        self.pump.start()
+        self.start()
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        with self.proc.stdout:
-            for raw in iter(self.proc.stdout.readline, b""):
-                line = raw.decode("utf-8", errors="replace")
-                if (
-                    self.stopping.is_set()
-                    and self.shutdown_noise is not None
-                    and self.shutdown_noise(line)
-                ):
-                    continue
-                self.console.child_line(self.name, line)
+    def _line(self, line: str) -> None:
+        if self.stopping.is_set() and self.shutdown_noise is not None and self.shutdown_noise(line):
+            return
+        self.console.child_line(self.name, line)
 
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def stop(self, timeout: float = STOP_TIMEOUT, force: threading.Event | None = None) -> None:
-        """Signal the process group, wait up to ``timeout`` seconds, then kill it."""
-        self.stopping.set()
-        if self.proc.poll() is None:
-            self._signal_group(self.stop_signal)
-            deadline = time.monotonic() + timeout
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                if force is not None and force.is_set():
-                    break
-                time.sleep(0.05)
-            if self.proc.poll() is None:
-                self.console.error(f"{self.name} did not stop in time; killing it")
-                self._signal_group(signal.SIGKILL)
-                self.proc.wait()
-        self.pump.join(timeout=2.0)
-
-    def _signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
+    def killing(self) -> None:
+        self.console.error(f"{self.name} did not stop in time; killing it")
 
 
 def temporal_shutdown_noise(line: str) -> bool:
@@ -578,9 +542,7 @@ class Stack:
 
 
 def tcp_answers(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((connect_host(host), port)) == 0
+    return port_open(port, connect_host(host))
 
 
 async def _namespace_ready(target: str, namespace: str) -> bool:
@@ -752,8 +714,7 @@ def _migrate(stack: Stack) -> bool:
         if stack.stop_requested.wait(0.1):
             child.stop(force=stack.force)
             return False
-    child.pump.join(timeout=2.0)
-    code = child.proc.returncode
+    code = child.wait()  # it has exited; this collects the rest of its output
     if code != 0:
         raise DevstackError(
             "MIGRATE_FAILED",

@@ -9,7 +9,8 @@ It also teaches localstripe two PaymentIntent parameters real Stripe accepts and
 (see :func:`_accept_real_stripe_params`), so the gateway never has to branch on which server it
 talks to.
 
-Usage: ``python -m starter.fakestripe --port 8420 [--state .oms/localstripe.pickle]``
+Usage: ``python -m starter.fakestripe --port 8420 [--state .oms/localstripe.pickle]``; from Python,
+:class:`FakeStripeProcess` runs it as a child process (the simulator, the chaos run, the tests).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import pickle
 import sys
 from pathlib import Path
 from typing import Any
+
+from starter.procs import ManagedProcess, free_port
 
 # Values real Stripe accepts for ``off_session`` on a confirm besides a boolean.
 _OFF_SESSION_WORDS = frozenset({"one_off", "recurring"})
@@ -105,6 +108,36 @@ def _accept_real_stripe_params() -> None:
             break
     else:
         raise RuntimeError(f"localstripe has no route {confirm_url}; its layout changed")
+
+
+def command(port: int, state: Path | str | None = None) -> list[str]:
+    """The command line that runs this module on ``port`` (with ``state`` as its state file)."""
+    argv = [sys.executable, "-m", "starter.fakestripe", "--port", str(port)]
+    if state is not None:
+        argv += ["--state", str(state)]
+    return argv
+
+
+class FakeStripeProcess(ManagedProcess):
+    """localstripe (this module) on a loopback port, stoppable and restartable.
+
+    With a ``state`` file the data survives a stop, so a restart on the same port is a gateway
+    outage, not a reset. Stop it with SIGTERM for that: the request in progress completes and the
+    file is written. (localstripe also writes the file while it builds an object, so a SIGKILL in
+    the middle of a request can leave a half-built object there that breaks its list endpoint.)
+    :meth:`start` waits until it accepts connections; :meth:`pause` freezes it (SIGSTOP:
+    connections are accepted by the kernel but never answered) and :meth:`resume` thaws it;
+    ``stop(kill=True)`` is a SIGKILL. Its output is discarded.
+    """
+
+    def __init__(self, port: int | None = None, state: Path | None = None) -> None:
+        self.state = state
+        port = port or free_port()
+        super().__init__(command(port, state), name="localstripe", port=port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def main(argv: list[str] | None = None) -> None:

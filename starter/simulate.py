@@ -43,10 +43,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -82,6 +78,7 @@ from models.errors import ErrorCode, OmsError
 from models.ids import subscription_id_for_request, subscription_workflow_id
 from models.kpis import KpiReport, StepRecovery
 from models.subscription import Actor
+from starter.fakestripe import FakeStripeProcess
 from starter.service import OmsService, SubscribeRequest
 from starter.sim_checks import (
     RPC_TIMEOUT,
@@ -103,7 +100,6 @@ from workers.servers import start_time_skipping
 
 log = structlog.get_logger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
 SIM_API_KEY = "sk_test_oms_simulation"
 VISA = "4242424242424242"
 TIMEZONES = (
@@ -131,101 +127,6 @@ MAX_SLEEP_TRIES = 2
 SLEEP_RPC = timedelta(seconds=30)
 
 app = typer.Typer(add_completion=False)
-
-
-# --- local processes ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-    """Block until something accepts connections on ``127.0.0.1:port``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
-
-
-class FakeStripeProcess:
-    """localstripe (``starter.fakestripe``) on a loopback port, stoppable and restartable.
-
-    With a ``state`` file the data survives a stop, so a restart on the same port is a gateway
-    outage, not a reset. Stop it with SIGTERM for that: the request in progress completes and the
-    file is written. (localstripe also writes the file while it builds an object, so a SIGKILL in
-    the middle of a request can leave a half-built object there that breaks its list endpoint.)
-    """
-
-    def __init__(self, port: int | None = None, state: Path | None = None) -> None:
-        self.port = port or free_port()
-        self.state = state
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        """Start it and wait until it accepts connections."""
-        if self.running:
-            return
-        cmd = [sys.executable, "-m", "starter.fakestripe", "--port", str(self.port)]
-        if self.state is not None:
-            cmd += ["--state", str(self.state)]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_for_port(self.port, self.proc)
-        except BaseException:
-            self.stop(kill=True)
-            raise
-
-    def pause(self) -> None:
-        """Freeze it (SIGSTOP): connections are accepted by the kernel but never answered."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """Undo :meth:`pause` (SIGCONT): the queued requests are answered."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self, *, kill: bool = False) -> None:
-        """Stop it (SIGTERM, or SIGKILL with ``kill``) and wait for the process to exit."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)  # a paused process would not act on SIGTERM
-        if kill:
-            proc.kill()
-        else:
-            proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def __enter__(self) -> FakeStripeProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- the customer mix ----------------------------------------------------------------------

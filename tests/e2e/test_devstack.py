@@ -19,25 +19,8 @@ import pytest
 
 from starter import devstack
 from starter.devstack import Child, Console, DevstackError, PortUse, Stack
+from starter.procs import ROOT, free_port, free_ports
 from workers.config import Config, load_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free a moment ago (all held open while choosing)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 @pytest.fixture

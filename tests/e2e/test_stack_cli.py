@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.procs import ROOT, free_port
+from starter.procs import ROOT, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ through it.
   request in progress completes): real Stripe never loses or tears what it acknowledged, while a
   SIGKILLed localstripe can keep a half-built object in its state file (seen at 300
   subscriptions: its intent list then answered 500). ``outage_mode="hang"`` freezes it instead,
-  so requests hang rather than fail (``bench/chaos.py --outage-mode hang``).
+  so requests hang rather than fail (``python -m bench.chaos --outage-mode hang``).
 
 **Afterwards** the worker and gateway are left running until every workflow is idle
 (:func:`starter.simulate.workflow_busy`, twice in a row), then the database is reconciled against
@@ -40,18 +40,15 @@ Timing on this 2-vCPU machine: the default CI run (30 subscriptions, ~135 charge
 outage, a 20 s window) takes 55 to 80 s: the window, then the wait for the killed attempts' own
 timeouts (80 s when a kill caught a customer being provisioned: 60 s). Catch-up costs about a
 second per period and subscription in series, as the dev server delays the first workflow task of
-a run that continued as new. ``bench/chaos.py --subscriptions 300`` (1368 charges, 8 kills, a 10 s
-outage) took about 5 minutes, mostly localstripe rewriting its whole state file on every write.
+a run that continued as new. ``python -m bench.chaos --subscriptions 300`` (1368 charges, 8 kills,
+a 10 s outage) took about 5 minutes, mostly localstripe rewriting its whole state file on every
+write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -75,14 +72,14 @@ from models import search_attributes
 from models.catalog import Catalog, default_catalog
 from models.errors import ErrorCode, OmsError
 from models.subscription import Actor
+from starter.fakestripe import FakeStripeProcess
 from starter.service import OmsService
-from starter.simulate import FakeStripeProcess, SimCustomer, plan_customers, wait_idle
-from tests.support.crash_worker import KEY_FILTER_ENV, MARKER_ENV
+from starter.simulate import SimCustomer, plan_customers, wait_idle
+from tests.support.crash_worker import WorkerProcess
 from workers.servers import start_dev_server
 
 log = structlog.get_logger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_oms_chaos"
 VISA = "4242424242424242"
 RETRYABLE = {ErrorCode.TIMEOUT, ErrorCode.TEMPORAL_UNAVAILABLE}
@@ -138,8 +135,9 @@ class ChaosReport(BaseModel):
 
 
 @dataclass
-class WorkerProcess:
-    """The production worker in a subprocess (crash_worker, fault disarmed); one at a time."""
+class RestartingWorker:
+    """The production worker in a subprocess (crash_worker, fault disarmed); one at a time,
+    a new process (``worker-N``) after each kill."""
 
     workdir: Path
     address: str
@@ -148,53 +146,30 @@ class WorkerProcess:
     db_url: str
     gateway_url: str
     started: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    current: WorkerProcess | None = None
     logs: list[Path] = field(default_factory=list)
 
     async def start(self) -> None:
         """Start a worker and wait until it polls (bounded)."""
         self.started += 1
-        ready = self.workdir / f"worker-{self.started}.ready"
-        log_path = self.workdir / f"worker-{self.started}.log"
-        env = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, KEY_FILTER_ENV)}
-        cmd = [
-            sys.executable,
-            "-m",
-            "tests.support.crash_worker",
-            "--address",
-            self.address,
-            "--namespace",
-            self.namespace,
-            "--task-queue",
-            self.task_queue,
-            "--database-url",
-            self.db_url,
-            "--stripe-api-base",
-            self.gateway_url,
-            "--stripe-api-key",
-            API_KEY,
-            "--ready-file",
-            str(ready),
-        ]
-        with log_path.open("wb") as out:
-            self.proc = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-        self.logs.append(log_path)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"worker did not start in 60 s: {self.tail()}")
-            await asyncio.sleep(0.1)
+        self.current = WorkerProcess(
+            f"worker-{self.started}",
+            self.workdir,
+            address=self.address,
+            namespace=self.namespace,
+            task_queue=self.task_queue,
+            database_url=self.db_url,
+            stripe_api_base=self.gateway_url,
+            stripe_api_key=API_KEY,
+        )
+        self.logs.append(self.current.log_path)
+        await self.current.start_ready(60)
 
     def kill(self) -> None:
         """SIGKILL the running worker (no shutdown: in-flight activities are abandoned)."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+        proc, self.current = self.current, None
+        if proc is not None:
+            proc.stop(kill=True)
 
     def tail(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-chars:]}" for p in self.logs[-2:])
@@ -264,13 +239,13 @@ async def run_chaos(cfg: ChaosConfig, db_url: str, workdir: Path) -> ChaosReport
     store = Store(engine)
     fake = FakeStripeProcess(state=workdir / "localstripe.pickle")
     env = None
-    worker: WorkerProcess | None = None
+    worker: RestartingWorker | None = None
     try:
         await asyncio.to_thread(fake.start)
         env = await start_dev_server(search_attributes=search_attributes.ALL)
         client = env.client
         task_queue = f"chaos-{uuid.uuid4().hex[:8]}"
-        worker = WorkerProcess(
+        worker = RestartingWorker(
             workdir=workdir,
             address=client.service_client.config.target_host,
             namespace=client.namespace,

@@ -14,7 +14,8 @@ harmless once the marker exists:
 - ``OMS_CRASH_KEY_CONTAINS``: only confirms whose idempotency key contains this string trip it
   (default: any key).
 
-Usage::
+From a test, :class:`WorkerProcess` starts it (log file, ready file, clean environment) and stops
+or kills it. By hand::
 
     python -m tests.support.crash_worker --address 127.0.0.1:7233 --namespace default \\
         --task-queue tq --database-url sqlite:///x.db --stripe-api-base http://127.0.0.1:8420 \\
@@ -28,8 +29,10 @@ import asyncio
 import json
 import os
 import signal
+import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ import structlog
 
 from activities.db import create_db_engine
 from activities.gateway import METADATA_IDEMPOTENCY_KEY, IntentInfo, StripeGateway
+from starter.procs import ManagedProcess
 from workers.config import Config, TemporalConfig
 from workers.logs import configure_logging
 from workers.main import Dependencies, build_worker, connect
@@ -161,6 +165,74 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         deps.engine.dispose()
+
+
+class WorkerProcess(ManagedProcess):
+    """This module as a worker subprocess of a test: one start, output in ``<workdir>/<name>.log``.
+
+    The parent's ``OMS_CRASH_*`` variables are dropped, so the fault is disarmed unless ``env``
+    arms it. :meth:`start_ready` starts it and waits until it polls its task queue; ``stop()``
+    asks it to stop (SIGTERM), ``stop(kill=True)`` is a crash (SIGKILL).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        workdir: Path,
+        *,
+        address: str,
+        namespace: str,
+        task_queue: str,
+        database_url: str,
+        stripe_api_base: str,
+        stripe_api_key: str,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.ready_file = workdir / f"{name}.ready"
+        self.log_path = workdir / f"{name}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.support.crash_worker",
+            "--address",
+            address,
+            "--namespace",
+            namespace,
+            "--task-queue",
+            task_queue,
+            "--database-url",
+            database_url,
+            "--stripe-api-base",
+            stripe_api_base,
+            "--stripe-api-key",
+            stripe_api_key,
+            "--ready-file",
+            str(self.ready_file),
+        ]
+        clean = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, KEY_FILTER_ENV)}
+        super().__init__(argv, name=name, env={**clean, **(env or {})}, output=self.log_path)
+
+    async def start_ready(self, timeout: float) -> None:
+        """Start it and wait (without blocking the loop) until it polls; killed if it does not.
+
+        Raises:
+            RuntimeError: it exited first (the message has its log).
+            TimeoutError: it was not polling after ``timeout`` seconds.
+        """
+        self.ready_file.unlink(missing_ok=True)
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self.poll() is not None:
+                raise RuntimeError(
+                    f"worker {self.name} exited with {self.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop(kill=True)
+                raise TimeoutError(
+                    f"worker {self.name} did not start in {timeout:.0f} s:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> None:

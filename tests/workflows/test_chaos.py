@@ -5,7 +5,7 @@ one and a half minutes) renew on the real dev server while the production worker
 is SIGKILLed and restarted at random instants and the gateway is down for a while. Afterwards the
 database is reconciled against the gateway. ``OMS_CHAOS_SEED`` picks another random schedule. How
 and why: ``tests/support/chaos_harness.py``; the same run at benchmark scale:
-``python bench/chaos.py --subscriptions 300``.
+``python -m bench.chaos --subscriptions 300``.
 """
 
 from __future__ import annotations

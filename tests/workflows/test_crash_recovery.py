@@ -24,10 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -54,11 +50,10 @@ from models.catalog import default_catalog
 from models.ids import invoice_id, payment_idempotency_key, subscription_workflow_id
 from models.subscription import Actor, SubscriptionStatus
 from starter.service import OmsService, SubscribeRequest
-from tests.support.crash_worker import KEY_FILTER_ENV, MARKER_ENV
+from tests.support.crash_worker import KEY_FILTER_ENV, MARKER_ENV, WorkerProcess
 from workers.servers import start_dev_server
 from workflows.subscription import SubscriptionWorkflow
 
-ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_oms_crash"
 VISA = "4242424242424242"
 # Period 1 (the first renewal) starts a month (28-31 days) after the start, so it is due at once;
@@ -81,55 +76,41 @@ class Workers:
     task_queue: str
     db_url: str
     gateway_url: str
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+    procs: list[WorkerProcess] = field(default_factory=list)
 
-    async def start(self, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    async def start(self, name: str, env: dict[str, str]) -> WorkerProcess:
         """Start ``tests.support.crash_worker`` with ``env`` added; wait until it polls."""
-        ready = self.tmp / f"{name}.ready"
-        log_path = self.tmp / f"{name}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "tests.support.crash_worker",
-            "--address",
-            self.address,
-            "--namespace",
-            self.namespace,
-            "--task-queue",
-            self.task_queue,
-            "--database-url",
-            self.db_url,
-            "--stripe-api-base",
-            self.gateway_url,
-            "--stripe-api-key",
-            API_KEY,
-            "--ready-file",
-            str(ready),
-        ]
-        clean = {k: v for k, v in os.environ.items() if k not in (MARKER_ENV, KEY_FILTER_ENV)}
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                cmd, cwd=ROOT, env={**clean, **env}, stdout=log_file, stderr=subprocess.STDOUT
-            )
-        self.procs.append((proc, log_path))
-        await wait_until(ready.exists, 30, f"worker {name} to start", self)
+        proc = WorkerProcess(
+            name,
+            self.tmp,
+            address=self.address,
+            namespace=self.namespace,
+            task_queue=self.task_queue,
+            database_url=self.db_url,
+            stripe_api_base=self.gateway_url,
+            stripe_api_key=API_KEY,
+            env=env,
+        )
+        self.procs.append(proc)
+        try:
+            await proc.start_ready(30)
+        except (RuntimeError, TimeoutError) as err:
+            pytest.fail(f"worker {name} did not start: {err}")
         return proc
 
     def check_alive(self) -> None:
         """Fail with the worker's log when a worker that should run has exited."""
-        for proc, log_path in self.procs:
-            if proc.returncode is None and proc.poll() is not None:
-                pytest.fail(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
+        for proc in self.procs:
+            if not proc.stopping.is_set() and proc.poll() is not None:
+                pytest.fail(f"worker exited with {proc.returncode}:\n{proc.log_tail(10**6)}")
 
     def logs(self) -> str:
         """The tail of every worker's log, for failure messages."""
-        return "\n".join(f"--- {p.name}\n{p.read_text()[-4000:]}" for _, p in self.procs)
+        return "\n".join(f"--- {p.log_path.name}\n{p.log_tail(4000)}" for p in self.procs)
 
     def kill_all(self) -> None:
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(timeout=30)
+        for proc in self.procs:
+            proc.stop(kill=True)
 
 
 async def wait_until(
@@ -238,8 +219,7 @@ async def test_worker_killed_after_the_renewal_confirm_leaves_exactly_one_paymen
             confirmed["intent_id"],
         )
 
-        first.send_signal(signal.SIGKILL)
-        first.wait(timeout=30)
+        first.stop(kill=True)
         killed_at = time.monotonic()
         await expire_in_flight_attempt_soon(
             client, subscription_workflow_id(sub), "payments.charge"

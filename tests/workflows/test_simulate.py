@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, date, datetime, timedelta
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
