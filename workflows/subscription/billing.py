@@ -79,14 +79,6 @@ class RequestMoney:
     declined: ChargeResult | None = None
     refused: bool = False  # an activity refused the request before money moved
 
-    def as_fields(self) -> dict[str, int | str | None]:
-        return {
-            "invoice_id": self.invoice_id,
-            "charged_minor": self.charged_minor,
-            "refunded_minor": self.refunded_minor,
-            "credited_minor": self.credited_minor,
-        }
-
 
 class Billing:
     """Invoices and charges of one subscription; always called under the state lock."""
