@@ -1,8 +1,9 @@
 """Gateway faults injected on top of the real gateway path, for simulations and tests.
 
 Two wrappers compose around a :class:`~activities.gateway.StripeGateway` (or around each other):
-each exposes the same methods and delegates every call to the gateway it wraps, so the real
-request still goes to Stripe or localstripe unless the wrapper decides to answer instead.
+each implements :class:`~activities.gateway_port.PaymentGateway` by delegating every call to the
+gateway it holds, so the real request still goes to Stripe or localstripe unless the wrapper
+decides to answer instead. Neither is a ``StripeGateway``: they stand wherever the port is expected.
 
 * :class:`InjectedDeclines` answers a share ``decline_rate`` of confirmations with a card decline
   (``hard_share`` of them hard) instead of sending them. The injected decline is remembered, so
@@ -42,7 +43,7 @@ class that does not apply to a call is left out and the others share its weight)
 
 Calls faulted (:data:`FAULTED_CALLS`): the ones activities make: ``create_customer``,
 ``retrieve_payment_method``, ``attach_payment_method``, ``create_payment_intent``,
-``retrieve_payment_intent``, ``confirm_payment_intent``, ``refund``. Never faulted: ``ping``,
+``retrieve_payment_intent``, ``confirm_payment_intent``, ``refund``. Never faulted:
 ``create_test_payment_method`` (the customer's browser tokenizing a card, not our server) and
 ``list_payment_intents`` (reconciliation reads the truth).
 """
@@ -56,7 +57,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import stripe
 import structlog
@@ -69,6 +70,7 @@ from activities.gateway import (
     StripeGateway,
 )
 from activities.gateway_errors import DeclineCategory
+from activities.gateway_port import PaymentGateway
 
 log = structlog.get_logger(__name__)
 
@@ -83,34 +85,31 @@ def _draw(seed: int, *parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-class GatewayWrapper(StripeGateway):
+class GatewayWrapper:
     """A gateway that delegates every call to the gateway it wraps (``inner``).
 
-    Composition, not inheritance of behaviour: it subclasses :class:`StripeGateway` only so it can
-    stand wherever one is expected (the activities and the worker's dependencies are typed with
-    it). It holds no Stripe client of its own and never runs ``StripeGateway``'s code: every public
-    method is overridden to delegate (``tests/unit/test_fault_injection.py`` checks that none is
-    missed). Subclasses override the calls they interfere with.
+    It implements :class:`~activities.gateway_port.PaymentGateway` by delegation: it holds another
+    gateway (a :class:`StripeGateway` or another wrapper) and forwards each member of the port to
+    it. ``mypy --strict`` proves no member is missing (``_implements_the_port``, at the end of this
+    module) and ``tests/unit/test_fault_injection.py`` checks each is defined here. Subclasses
+    override the calls they interfere with.
 
     Args:
         inner: The gateway (or another wrapper) the calls go to.
     """
 
-    def __init__(self, inner: StripeGateway) -> None:  # no super().__init__(): nothing of its own
+    def __init__(self, inner: PaymentGateway) -> None:
         self.inner = inner
 
     @property
-    def base(self) -> StripeGateway:
-        """The real gateway under every wrapper (for reads that must see the truth)."""
+    def base(self) -> PaymentGateway:
+        """The gateway under every wrapper (for reads that must see the truth)."""
         inner = self.inner
         return inner.base if isinstance(inner, GatewayWrapper) else inner
 
     @property
     def endpoint(self) -> str:
         return self.inner.endpoint
-
-    def ping(self) -> None:
-        self.inner.ping()
 
     def create_customer(self, *, email: str, metadata: dict[str, str], idempotency_key: str) -> str:
         return self.inner.create_customer(
@@ -199,7 +198,7 @@ class InjectedDeclines(GatewayWrapper):
 
     def __init__(
         self,
-        gateway: StripeGateway | str,
+        gateway: PaymentGateway | str,
         *,
         decline_rate: float,
         hard_share: float = 0.1,
@@ -403,7 +402,7 @@ class InjectedFaults(GatewayWrapper):
 
     def __init__(
         self,
-        inner: StripeGateway,
+        inner: PaymentGateway,
         *,
         rate: float,
         seed: int = 0,
@@ -571,3 +570,20 @@ class InjectedFaults(GatewayWrapper):
 
 def _processing(info: IntentInfo) -> IntentInfo:
     return info.model_copy(update={"status": "processing", "decline": None})
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_port(
+        real: StripeGateway, wrapper: GatewayWrapper, d: InjectedDeclines, f: InjectedFaults
+    ) -> None:
+        """Never called: mypy proves here that each gateway implements the whole port.
+
+        A member added to ``PaymentGateway`` and not forwarded by ``GatewayWrapper`` fails type
+        checking on these lines, naming the missing member.
+        """
+        gateway: PaymentGateway = real
+        gateway = wrapper
+        gateway = d
+        gateway = f
+        del gateway

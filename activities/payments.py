@@ -18,8 +18,9 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.gateway import IntentInfo, StripeGateway
+from activities.gateway import IntentInfo
 from activities.gateway_errors import gateway_call
+from activities.gateway_port import PaymentGateway
 from activities.store import Store
 from activities.tables import Payment, Refund, utcnow
 from models.errors import ErrorCode, OmsError
@@ -75,7 +76,7 @@ def _app_error(err: OmsError) -> ApplicationError:
 class PaymentActivities:
     """Activities that talk to the payment gateway (and record what they did)."""
 
-    def __init__(self, gateway: StripeGateway, store: Store) -> None:
+    def __init__(self, gateway: PaymentGateway, store: Store) -> None:
         self.gateway = gateway
         self.store = store
 

@@ -57,7 +57,8 @@ import structlog
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
-from activities.gateway import METADATA_IDEMPOTENCY_KEY, IntentInfo, StripeGateway
+from activities.gateway import METADATA_IDEMPOTENCY_KEY, IntentInfo
+from activities.gateway_port import PaymentGateway
 from activities.store import Store
 from activities.tables import (
     AuditLog,
@@ -257,7 +258,7 @@ def load_books(store: Store) -> Books:
 
 def reconcile(
     store: Store,
-    gateway: StripeGateway,
+    gateway: PaymentGateway,
     now: datetime,
     *,
     grace: timedelta = DEFAULT_GRACE,

@@ -45,7 +45,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.gateway import StripeGateway
+from activities.gateway_port import PaymentGateway
 from models.catalog import Catalog
 from models.errors import ErrorCode, OmsError
 from models.subscription import Actor
@@ -208,7 +208,7 @@ class Messenger:
     def __init__(
         self,
         service: OmsService,
-        cards: StripeGateway,
+        cards: PaymentGateway,
         catalog: Catalog,
         *,
         rate: float,

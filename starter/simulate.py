@@ -68,6 +68,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.db import create_db_engine, create_schema
 from activities.fault_injection import InjectedDeclines, InjectedFaults
 from activities.gateway import StripeGateway
+from activities.gateway_port import PaymentGateway
 from activities.kpis import kpi_report
 from activities.reconcile import ReconciliationReport, reconcile
 from activities.store import Store
@@ -365,7 +366,7 @@ async def run_simulation(cfg: SimulationConfig, progress: Progress = _noop) -> S
                 )
             fake.start()
             base = StripeGateway(SIM_API_KEY, api_base=fake.url)
-            gateway: StripeGateway = InjectedDeclines(
+            gateway: PaymentGateway = InjectedDeclines(
                 base, decline_rate=cfg.decline_rate, hard_share=cfg.hard_share, seed=cfg.seed
             )
             faults: InjectedFaults | None = None
@@ -502,7 +503,7 @@ class _Run:
         self,
         cfg: SimulationConfig,
         service: OmsService,
-        cards: StripeGateway,
+        cards: PaymentGateway,
         customers: list[SimCustomer],
         rng: random.Random,
         progress: Progress,

@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.db import create_db_engine
 from activities.gateway import StripeGateway
+from activities.gateway_port import PaymentGateway
 from activities.payments import PaymentActivities
 from activities.store import Store, StoreActivities
 from models.catalog import default_catalog
@@ -54,7 +55,7 @@ class Dependencies:
     """What activities need, built once per process."""
 
     engine: Engine
-    gateway: StripeGateway
+    gateway: PaymentGateway
 
     def activities(self) -> list[Any]:
         store = Store(self.engine)

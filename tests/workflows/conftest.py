@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 
 from activities.gateway import StripeGateway
+from activities.gateway_port import PaymentGateway
 from activities.store import Store
 from models.catalog import default_catalog
 from starter.service import OmsService
@@ -29,7 +30,7 @@ class Stack:
     env: WorkflowEnvironment
     service: OmsService
     store: Store
-    gateway: StripeGateway
+    gateway: PaymentGateway
 
     async def now(self) -> datetime:
         return await self.env.get_current_time()
@@ -37,7 +38,7 @@ class Stack:
 
 @asynccontextmanager
 async def open_stack(
-    engine: Engine, gateway: StripeGateway, **worker_options: Any
+    engine: Engine, gateway: PaymentGateway, **worker_options: Any
 ) -> AsyncIterator[Stack]:
     """A fresh time-skipping server (its virtual clock is global), one worker on ``gateway``."""
     env = await start_time_skipping()
