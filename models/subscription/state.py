@@ -5,7 +5,7 @@ Add fields with defaults only: recorded histories carry these models by field na
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -111,6 +111,14 @@ class BilledPeriod(BaseModel):
     # Set once a pause shifted the served span: the paid period's original length in days, which
     # prices any later credit (billing-math.md, "Pause").
     length_days: int | None = None
+
+    @property
+    def served_period(self) -> tuple[date, date] | None:
+        """The paid period as it is served after a shifting pause, ``(end - L, end)``; None when
+        it is still a calendar period of the schedule (billing-math.md, "Pause")."""
+        if self.length_days is None:
+            return None
+        return (self.end - timedelta(days=self.length_days), self.end)
 
 
 class Attention(BaseModel):

@@ -156,9 +156,6 @@ class Cancellation:
             c = min(c, st.paused_on)  # service stopped when the pause began
         if not unused_from(billed, c):
             return []
-        served = None
-        if billed.length_days is not None:
-            served = (billed.end - timedelta(days=billed.length_days), billed.end)
         return quote_cancellation(
             currency=st.terms.currency,
             anchor=st.anchor,
@@ -168,7 +165,7 @@ class Cancellation:
             quantity=billed.quantity,
             billed_amount_minor=billed.billed_minor,
             credits_already_issued_minor=billed.credits_minor,
-            served_period=served,
+            served_period=billed.served_period,
         )
 
     async def _fee(self, request_id: str, amount_minor: int) -> RequestMoney:

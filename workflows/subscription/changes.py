@@ -6,7 +6,6 @@ decision cannot change after the catalog or policy files change.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -175,9 +174,6 @@ class Changes:
                 "change for the period end (when=period_end) or after the next renewal",
                 type=ErrorCode.CHANGE_NOT_ALLOWED,
             )
-        served = None
-        if billed.length_days is not None:
-            served = (billed.end - timedelta(days=billed.length_days), billed.end)
         quote = quote_change(
             currency=st.terms.currency,
             anchor=st.anchor,
@@ -190,7 +186,7 @@ class Changes:
             new_unit_amount_minor=new.unit_amount_minor,
             new_quantity=new.quantity,
             new_interval=new.interval if new.interval != st.terms.interval else None,
-            served_period=served,
+            served_period=billed.served_period,
         )
         money = await self.billing.settle_request_lines(
             req.request_id, quote.lines, refund=credit == CreditHandling.REFUND
