@@ -214,6 +214,26 @@ async def test_pause_skips_charges_and_resume_shifts_billing_by_the_days_paused(
     assert starts == [date(2027, 4, 1), date(2027, 5, 31)]
 
 
+async def test_a_change_after_a_shifting_pause_is_prorated_on_what_was_billed(
+    stack: Stack,
+) -> None:
+    # Paid Apr 1..May 1 (L = 30 days); paused Apr 11, resumed Apr 21: the 20 days left are served
+    # until May 11. On Apr 26, 15 of them are left: credit R(30.00 * 15/30), charge for 2 seats.
+    sub = await start_april(stack)
+    await skip_to(stack, datetime(2027, 4, 11, 9, tzinfo=UTC))
+    await stack.service.pause(sub, None, REQUESTER, request_id="p-s")
+    await skip_to(stack, datetime(2027, 4, 21, 9, tzinfo=UTC))
+    resumed = await stack.service.resume(sub, REQUESTER)
+    assert resumed.next_billing_date == date(2027, 5, 11)
+    await skip_to(stack, datetime(2027, 4, 26, 9, tzinfo=UTC))
+    result = await change(stack, sub, "after-pause", quantity=2, when="now")
+    assert [(x.kind, x.amount_minor) for x in result.lines] == [
+        ("proration_credit", -1500),
+        ("proration_charge", 3000),
+    ]
+    assert result.charged_minor == 1500
+
+
 async def test_resume_now_and_validation_of_pause_requests(stack: Stack) -> None:
     sub = await start_april(stack)
     with pytest.raises(OmsError) as err:
