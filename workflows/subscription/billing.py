@@ -223,13 +223,21 @@ class Billing:
     async def settle_processing(self) -> None:
         """Wait for every charge still processing to settle (paid, or declined for dunning)."""
         for inv in list(self.sub.st.open_invoices):
-            while inv.processing_key is not None:
-                assert inv.next_poll_at is not None
-                if inv.next_poll_at > workflow.now():
-                    await workflow.sleep(inv.next_poll_at - workflow.now())
-                result = await self.poll(inv)
+            if inv.processing_key is not None:
+                result = await self.until_settled(inv)
                 if result.succeeded:
                     await self.mark_paid(inv, result)
+
+    async def until_settled(
+        self, inv: OpenInvoice, result: ChargeResult | None = None
+    ) -> ChargeResult:
+        """Poll ``inv``'s processing charge on its back-off until the gateway settles it."""
+        while result is None or result.processing:
+            assert inv.next_poll_at is not None
+            if inv.next_poll_at > workflow.now():
+                await workflow.sleep(inv.next_poll_at - workflow.now())
+            result = await self.poll(inv)
+        return result
 
     async def poll(self, inv: OpenInvoice) -> ChargeResult:
         """Look again at a processing charge; schedule the next look with back-off if still so."""
@@ -353,12 +361,10 @@ class Billing:
         ):
             try:
                 result = await self.charge(inv)
-                while result.processing:
+                if result.processing:
                     # A request's charge is short-lived: wait for it here (the lock is held,
                     # so nothing else moves money for this subscription meanwhile).
-                    assert inv.next_poll_at is not None
-                    await workflow.sleep(inv.next_poll_at - workflow.now())
-                    result = await self.poll(inv)
+                    result = await self.until_settled(inv, result)
             except Refused:
                 await self._abandon(inv, request_id, retry, InvoiceStatus.VOID)
                 raise
