@@ -13,7 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-from activities.tables import UTCDateTime
+from activities.tables import UTCDateTime, tenant_field
 
 
 def _ts(**kw: object) -> object:
@@ -32,6 +32,7 @@ class IntakeOrder(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("channel", "channel_order_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     order_id: str = Field(unique=True, max_length=64)
     channel: str = Field(max_length=32)
     channel_order_id: str = Field(max_length=200)
@@ -65,6 +66,7 @@ class DeadLetter(SQLModel, table=True):
     __tablename__ = "dead_letters"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     channel: str = Field(index=True, max_length=32)
     order_key: str | None = Field(default=None, index=True, max_length=240)
     # Equal to the dedupe key while open, NULL once closed: at most one open letter per key.
@@ -95,6 +97,7 @@ class CreditAccount(SQLModel, table=True):
     __tablename__ = "credit_accounts"
 
     account_id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     name: str = Field(default="", max_length=200)
     currency: str = Field(default="USD", max_length=3)
     credit_limit_minor: int = Field(default=0, sa_type=sa.BigInteger)

@@ -72,10 +72,18 @@ def _details(raw: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def load_kpi_facts(store: Store, since: date | None = None, until: date | None = None) -> KpiFacts:
-    """The invoices, payments, audit entries and statuses the KPIs of ``[since, until)`` need."""
+def load_kpi_facts(
+    store: Store,
+    since: date | None = None,
+    until: date | None = None,
+    tenant_id: str | None = None,
+) -> KpiFacts:
+    """The invoices, payments, audit entries and statuses the KPIs of ``[since, until)`` need
+    (of one tenant's subscriptions when ``tenant_id`` is given)."""
     period = or_(col(Invoice.kind) == "period", col(Invoice.kind).startswith("period-s"))
     in_range = select(col(Invoice.subscription_id)).where(period)
+    if tenant_id is not None:
+        in_range = in_range.where(col(Invoice.tenant_id) == tenant_id)
     if since is not None:
         in_range = in_range.where(col(Invoice.period_start) >= since)
     if until is not None:
@@ -90,6 +98,8 @@ def load_kpi_facts(store: Store, since: date | None = None, until: date | None =
         col(AuditLog.occurred_at),
         col(AuditLog.details),
     ).where(col(AuditLog.action).in_(KPI_ACTIONS))
+    if tenant_id is not None:
+        audit_q = audit_q.where(col(AuditLog.tenant_id) == tenant_id)
     until_at = day_start_utc(until)
     if until_at is not None:
         # Later entries matter only for the invoices in the range (when were they paid).
@@ -112,6 +122,8 @@ def load_kpi_facts(store: Store, since: date | None = None, until: date | None =
         col(Payment.status),
     ).where(col(Payment.subscription_id).in_(subs))
     subscription_q = select(col(Subscription.id), col(Subscription.status))
+    if tenant_id is not None:
+        subscription_q = subscription_q.where(col(Subscription.tenant_id) == tenant_id)
 
     with store.session() as s:
         inv_rows = s.execute(invoice_q).all()
@@ -160,7 +172,12 @@ def load_kpi_facts(store: Store, since: date | None = None, until: date | None =
     return facts
 
 
-def kpi_report(store: Store, since: date | None = None, until: date | None = None) -> KpiReport:
+def kpi_report(
+    store: Store,
+    since: date | None = None,
+    until: date | None = None,
+    tenant_id: str | None = None,
+) -> KpiReport:
     """The KPIs of ``[since, until)`` (either bound optional) from the database.
 
     Raises:
@@ -168,7 +185,7 @@ def kpi_report(store: Store, since: date | None = None, until: date | None = Non
     """
     if since is not None and until is not None and since >= until:
         raise ValueError(f"since ({since}) must be before until ({until})")
-    facts = load_kpi_facts(store, since, until)
+    facts = load_kpi_facts(store, since, until, tenant_id)
     return compute_kpis(
         invoices=facts.invoices,
         payments=facts.payments,

@@ -85,7 +85,9 @@ class PaymentActivities:
         """Create (once) the customer's record here and at the gateway; attach the card."""
         try:
             with gateway_call():
-                customer = self.store.upsert_customer(req.customer_id, req.email, req.timezone)
+                customer = self.store.upsert_customer(
+                    req.customer_id, req.email, req.timezone, req.tenant_id
+                )
                 gateway_id = customer.gateway_customer_id
                 if gateway_id is None:
                     gateway_id = self.gateway.create_customer(

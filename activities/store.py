@@ -35,6 +35,7 @@ from activities.tables import (
     utcnow,
 )
 from models.errors import ErrorCode
+from models.identity import DEFAULT_TENANT
 from models.subscription import (
     ApprovalRecord,
     AuditEntry,
@@ -123,14 +124,28 @@ class Store:
 
     # --- customers -----------------------------------------------------------------------
 
-    def upsert_customer(self, customer_id: str, email: str, timezone: str) -> Customer:
+    def upsert_customer(
+        self, customer_id: str, email: str, timezone: str, tenant_id: str = DEFAULT_TENANT
+    ) -> Customer:
         def existing(s: Session) -> Customer | None:
             return s.get(Customer, customer_id)
 
         row, _ = self._insert_once(
-            Customer(id=customer_id, email=email, timezone=timezone, created_at=utcnow()), existing
+            Customer(
+                id=customer_id,
+                email=email,
+                timezone=timezone,
+                tenant_id=tenant_id,
+                created_at=utcnow(),
+            ),
+            existing,
         )
         return row
+
+    def tenant_of(self, subscription_id: str) -> str:
+        """The tenant of a subscription's rows (its row says; the default tenant before it)."""
+        with self.session() as s:
+            return _tenant(s, subscription_id)
 
     def get_customer(self, customer_id: str) -> Customer | None:
         with self.session() as s:
@@ -156,7 +171,7 @@ class Store:
             if s.exec(select(AuditLog).where(AuditLog.event_key == rec.audit.event_key)).first():
                 return False
             self._apply_snapshot(s, rec.snapshot)
-            s.add(_audit_row(rec.audit))
+            s.add(_audit_row(rec.audit, rec.snapshot.tenant_id))
             try:
                 s.commit()
             except IntegrityError:
@@ -170,6 +185,7 @@ class Store:
         now = utcnow()
         values: dict[str, Any] = {
             "customer_id": snap.customer_id,
+            "tenant_id": snap.tenant_id,
             "plan_id": snap.plan_id,
             "interval": snap.interval.value,
             "currency": snap.currency,
@@ -206,8 +222,11 @@ class Store:
         plan_id: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        tenant_id: str | None = None,
     ) -> Sequence[Subscription]:
         q = select(Subscription)
+        if tenant_id is not None:
+            q = q.where(Subscription.tenant_id == tenant_id)
         if status:
             q = q.where(Subscription.status == status)
         if customer_id:
@@ -238,6 +257,7 @@ class Store:
             s.add(
                 Invoice(
                     id=draft.invoice_id,
+                    tenant_id=_tenant(s, draft.subscription_id),
                     subscription_id=draft.subscription_id,
                     customer_id=draft.customer_id,
                     kind=draft.kind,
@@ -317,6 +337,7 @@ class Store:
     def begin_payment(self, payment: Payment) -> Payment:
         """Record a charge attempt before any money moves; returns the existing one on a retry."""
         key = payment.idempotency_key
+        payment.tenant_id = self.tenant_of(payment.subscription_id)
         row, _ = self._insert_once(payment, self._by(Payment, Payment.idempotency_key, key))
         return row
 
@@ -359,7 +380,8 @@ class Store:
         with self.session() as s:
             row = s.get(ApprovalRequest, rec.request_id)
             if row is None:
-                s.add(ApprovalRequest(**values, updated_at=utcnow()))
+                tenant = _tenant(s, rec.subscription_id)
+                s.add(ApprovalRequest(**values, tenant_id=tenant, updated_at=utcnow()))
             else:
                 for key, value in values.items():
                     setattr(row, key, value)
@@ -368,9 +390,15 @@ class Store:
             s.commit()
 
     def approvals(
-        self, *, status: str | None = "pending", subscription_id: str | None = None
+        self,
+        *,
+        status: str | None = "pending",
+        subscription_id: str | None = None,
+        tenant_id: str | None = None,
     ) -> Sequence[ApprovalRequest]:
         q = select(ApprovalRequest)
+        if tenant_id is not None:
+            q = q.where(ApprovalRequest.tenant_id == tenant_id)
         if status:
             q = q.where(ApprovalRequest.status == status)
         if subscription_id:
@@ -386,7 +414,11 @@ class Store:
 
     def record_credit(self, entry: CreditEntry) -> bool:
         _, inserted = self._insert_once(
-            CreditLedgerEntry(**entry.model_dump(), created_at=utcnow()),
+            CreditLedgerEntry(
+                **entry.model_dump(),
+                tenant_id=self.tenant_of(entry.subscription_id),
+                created_at=utcnow(),
+            ),
             self._by(CreditLedgerEntry, CreditLedgerEntry.entry_key, entry.entry_key),
         )
         return inserted
@@ -403,6 +435,7 @@ class Store:
     def begin_refund(self, refund: Refund) -> Refund:
         """Record a refund before the gateway call; returns the existing one on a retry."""
         key = refund.idempotency_key
+        refund.tenant_id = self.tenant_of(refund.subscription_id)
         row, _ = self._insert_once(refund, self._by(Refund, Refund.idempotency_key, key))
         return row
 
@@ -425,6 +458,7 @@ class Store:
         _, inserted = self._insert_once(
             NotificationRow(
                 key=n.key,
+                tenant_id=self.tenant_of(n.subscription_id),
                 subscription_id=n.subscription_id,
                 customer_id=n.customer_id,
                 kind=n.kind,
@@ -450,9 +484,17 @@ class Store:
             return int(s.exec(select(sa.func.count()).select_from(table)).one())
 
 
-def _audit_row(a: AuditEntry) -> AuditLog:
+def _tenant(s: Session, subscription_id: str) -> str:
+    tenant = s.exec(
+        select(Subscription.tenant_id).where(Subscription.id == subscription_id)
+    ).first()
+    return tenant or DEFAULT_TENANT
+
+
+def _audit_row(a: AuditEntry, tenant_id: str) -> AuditLog:
     return AuditLog(
         event_key=a.event_key,
+        tenant_id=tenant_id,
         subscription_id=a.subscription_id,
         action=a.action,
         from_status=a.from_status,

@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from models.identity import DEFAULT_TENANT
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -39,10 +41,21 @@ def _ts(**kw: object) -> object:
     return Field(sa_column=sa.Column(UTCDateTime(), **kw))  # type: ignore[arg-type]
 
 
+def tenant_field() -> object:
+    """The tenant a business row belongs to (rows from before tenants: the default tenant)."""
+    return Field(
+        default=DEFAULT_TENANT,
+        max_length=64,
+        index=True,
+        sa_column_kwargs={"server_default": DEFAULT_TENANT},
+    )
+
+
 class Customer(SQLModel, table=True):
     __tablename__ = "customers"
 
     id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     email: str = Field(index=True, max_length=320)
     timezone: str = Field(max_length=64, default="UTC")
     gateway_customer_id: str | None = Field(default=None, max_length=64)
@@ -53,6 +66,7 @@ class Subscription(SQLModel, table=True):
     __tablename__ = "subscriptions"
 
     id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     customer_id: str = Field(index=True, max_length=64)
     plan_id: str = Field(index=True, max_length=64)
     interval: str = Field(max_length=16)
@@ -78,6 +92,7 @@ class Invoice(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("subscription_id", "period_index", "kind"),)
 
     id: str = Field(primary_key=True, max_length=96)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     subscription_id: str = Field(index=True, max_length=64)
     customer_id: str = Field(index=True, max_length=64)
     kind: str = Field(default="period", max_length=16)
@@ -115,6 +130,7 @@ class Payment(SQLModel, table=True):
     __tablename__ = "payments"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     idempotency_key: str = Field(unique=True, max_length=160)
     invoice_id: str = Field(index=True, max_length=96)
     subscription_id: str = Field(index=True, max_length=64)
@@ -134,6 +150,7 @@ class AuditLog(SQLModel, table=True):
     __tablename__ = "audit_log"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     event_key: str = Field(unique=True, max_length=200)
     subscription_id: str = Field(index=True, max_length=64)
     action: str = Field(max_length=64)
@@ -152,6 +169,7 @@ class NotificationRow(SQLModel, table=True):
     __tablename__ = "notifications"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     key: str = Field(unique=True, max_length=200)
     subscription_id: str = Field(index=True, max_length=64)
     customer_id: str = Field(max_length=64)
@@ -169,6 +187,7 @@ class CreditLedgerEntry(SQLModel, table=True):
     __tablename__ = "credit_ledger"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     entry_key: str = Field(unique=True, max_length=200)
     customer_id: str = Field(index=True, max_length=64)
     subscription_id: str = Field(index=True, max_length=64)
@@ -184,6 +203,7 @@ class Refund(SQLModel, table=True):
     __tablename__ = "refunds"
 
     id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     idempotency_key: str = Field(unique=True, max_length=160)
     subscription_id: str = Field(index=True, max_length=64)
     invoice_id: str | None = Field(default=None, max_length=96)
@@ -203,6 +223,7 @@ class ApprovalRequest(SQLModel, table=True):
     __tablename__ = "approval_requests"
 
     request_id: str = Field(primary_key=True, max_length=200)
+    tenant_id: str = tenant_field()  # type: ignore[assignment]
     subscription_id: str = Field(index=True, max_length=64)
     kind: str = Field(max_length=16)
     summary: str = Field(max_length=500)
@@ -232,3 +253,64 @@ class ClockRecord(SQLModel, table=True):
     synced_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
     updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class Tenant(SQLModel, table=True):
+    """A tenant: every business row names one; another tenant's rows do not exist for a caller."""
+
+    __tablename__ = "tenants"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=200)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class PrincipalRow(SQLModel, table=True):
+    """The principal store: who a credential stands for, its tenant, role and memberships.
+
+    Credentials name a principal by id; its role, groups and accounts are read from here on every
+    request, so a change (or ``disabled_at``) takes effect at once and a token cannot widen them.
+    """
+
+    __tablename__ = "principals"
+
+    id: str = Field(primary_key=True, max_length=64)
+    tenant_id: str = Field(index=True, max_length=64)
+    role: str = Field(max_length=16)
+    name: str | None = Field(default=None, max_length=200)
+    customer_id: str | None = Field(default=None, index=True, max_length=64)
+    groups: str = Field(default="[]", sa_type=sa.Text)
+    partner_id: str | None = Field(default=None, max_length=64)
+    accounts: str = Field(default="[]", sa_type=sa.Text)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    disabled_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+
+
+class ApiKeyRow(SQLModel, table=True):
+    """An API key (partners, services): only a hash of its secret is kept, as Stripe does."""
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(primary_key=True, max_length=32)  # the public part of the key
+    principal_id: str = Field(index=True, max_length=64)
+    secret_hash: str = Field(max_length=128)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    expires_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    revoked_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+
+
+class IdempotencyKeyRow(SQLModel, table=True):
+    """A client idempotency key, scoped to its principal and bound to the request it first named.
+
+    The same key with another request is refused (``IDEMPOTENCY_KEY_REUSED``); the result itself
+    is the workflow's (its update id is the scoped key), so nothing is cached here.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    scoped_key: str = Field(primary_key=True, max_length=64)
+    principal_id: str = Field(max_length=64)
+    tenant_id: str = Field(max_length=64)
+    operation: str = Field(max_length=64)
+    fingerprint: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]

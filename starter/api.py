@@ -9,21 +9,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import structlog
-from fastapi import FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from activities.auth_store import AuthStore
 from activities.db import create_db_engine, ping
 from activities.gateway import StripeGateway
 from activities.store import Store
 from models.catalog import default_catalog
-from models.errors import ErrorCode, OmsError, http_status
+from models.errors import ErrorCode, OmsError
+from models.identity import Permission, Principal
 from models.subscription import (
-    Actor,
     ApprovalResult,
     CancelResult,
     ChangeResult,
@@ -33,7 +33,18 @@ from models.subscription import (
     StartResult,
     Timeline,
 )
+from starter.access import Access
+from starter.admin_api import router as admin_router
+from starter.auth import Authenticator, check_config
 from starter.context import connect_temporal, make_service
+from starter.http import (
+    EDGE_ERRORS,
+    EdgeMiddleware,
+    ErrorResponse,
+    RateLimits,
+    current_principal,
+    install_error_handlers,
+)
 from starter.intake_api import router as intake_router
 from starter.kpis_api import router as kpis_router
 from starter.service import OmsService, SubscribeRequest
@@ -45,71 +56,74 @@ log = structlog.get_logger(__name__)
 CONNECT_S = 5.0
 
 
-class CancelBody(BaseModel):
+class _Body(BaseModel):
+    """Request bodies refuse unknown fields: identity is never taken from a body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CancelBody(_Body):
     at_period_end: bool | None = Field(
         None, description="true: at period end; false: now; omitted: as the policy says"
     )
     reason: str | None = Field(None, max_length=500)
-    actor: str | None = Field(None, max_length=64)
 
 
-class ChangeBody(BaseModel):
+class ChangeBody(_Body):
     plan_id: str | None = Field(None, max_length=64)
-    quantity: int | None = Field(None, le=100_000)
+    quantity: int | None = Field(None, ge=1, le=100_000)
     interval: str | None = Field(None, max_length=16)
     when: str | None = Field(
         None, max_length=16, description="now | period_end (default: the policy's)"
     )
-    actor: str | None = Field(None, max_length=64)
-    request_id: str | None = Field(None, max_length=64)
+    request_id: str | None = Field(None, max_length=64, description="idempotency key")
 
 
-class PauseBody(BaseModel):
+class PauseBody(_Body):
     resume_on: date | None = None
-    actor: str | None = Field(None, max_length=64)
-    request_id: str | None = Field(None, max_length=64)
+    request_id: str | None = Field(None, max_length=64, description="idempotency key")
 
 
-class PaymentMethodBody(BaseModel):
+class PaymentMethodBody(_Body):
     payment_method_id: str = Field(..., max_length=64)
-    actor: str | None = Field(None, max_length=64)
 
 
-class DecisionBody(BaseModel):
-    approver: str = Field(..., max_length=64)
-    reason: str = Field(..., max_length=500)
+class DecisionBody(_Body):
+    reason: str = Field(..., min_length=1, max_length=500)
 
 
-class ActorBody(BaseModel):
-    actor: str | None = Field(None, max_length=64)
+class ReasonBody(_Body):
     reason: str | None = Field(None, max_length=500)
 
 
-class ClockBody(BaseModel):
+class ClockBody(_Body):
     at: str | None = Field(
-        None, description="start time, ISO date or date-time (UTC); now or later (default: now)"
+        None,
+        max_length=40,
+        description="start time, ISO date or date-time (UTC); now or later (default: now)",
     )
 
 
-class AdvanceBody(BaseModel):
-    duration: str = Field(..., description="Nh, Nd or Nmo (calendar months), e.g. 1mo")
+class AdvanceBody(_Body):
+    duration: str = Field(
+        ..., max_length=16, description="Nh, Nd or Nmo (calendar months), e.g. 1mo"
+    )
 
 
-class ErrorBody(BaseModel):
-    code: str
-    message: str
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    out = dict(EDGE_ERRORS)
+    for code in codes:
+        out.setdefault(code, {"model": ErrorResponse})
+    return out
 
 
-class ErrorResponse(BaseModel):
-    error: ErrorBody
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (402, 404, 409, 422, 503, 504)
-}
-CLOCK_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (403, 404, 422, 503, 504)
-}
+ERRORS = _responses(402, 409, 503, 504)
+CLOCK_ERRORS = _responses(503, 504)
+IDEMPOTENCY_KEY = Header(
+    default=None,
+    max_length=255,
+    description="a retry with the same key and body returns the first result; another body: 409",
+)
 
 
 class Runtime:
@@ -119,6 +133,9 @@ class Runtime:
         self.config = config
         self.engine = create_db_engine(config.database.url)
         self.store = service.store if service else Store(self.engine)
+        self.auth_store = AuthStore(self.store.engine)
+        self.authenticator = Authenticator.from_config(config, self.auth_store)
+        self.rate_limits = RateLimits(config.auth)
         self._service = service
         self._lock = asyncio.Lock()
 
@@ -139,65 +156,56 @@ class Runtime:
                 self._service.test_clocks = self.config.temporal.test_clocks
             return self._service
 
+    async def access(self, principal: Principal, channel: str = "api") -> Access:
+        return Access(await self.service(), self.auth_store, principal, channel)
 
-def _actor(
-    request: Request, who: str | None, reason: str | None = None, request_id: str | None = None
-) -> Actor:
-    return Actor(
-        actor=who or request.headers.get("x-actor", "api"),
-        channel="api",
-        reason=reason,
-        request_id=request_id,
-    )
+
+Caller = Annotated[Principal, Depends(current_principal)]
+SubscriptionId = Annotated[str, Path(max_length=64, description="sub_...")]
 
 
 def create_app(config: Config | None = None, service: OmsService | None = None) -> FastAPI:
     """The API application.
 
     Args:
-        config: defaults to temporal-dev.yaml + environment.
+        config: defaults to temporal-dev.yaml + environment. Refused (``CONFIG_INVALID``) without
+            a usable signing key: production never starts with the dev key or none.
         service: an already connected service (tests); by default one is built from ``config``
             when the first request needs Temporal.
     """
     cfg = config or load_config()
+    check_config(cfg.auth)
+    rate_limits = RateLimits(cfg.auth)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.rt = Runtime(cfg, service)
+        app.state.rt.rate_limits = rate_limits
         yield
         app.state.rt.engine.dispose()
 
     app = FastAPI(
         title="Subscription OMS",
-        version="0.1.0",
-        description="Subscriptions as long-lived Temporal workflows. Errors are "
-        '`{"error": {"code": ..., "message": ...}}` with a stable code.',
+        version="0.2.0",
+        description="Subscriptions as long-lived Temporal workflows. Every route but "
+        "`/health/live` needs `Authorization: Bearer <token or API key>` (docs/access.md). "
+        'Errors are `{"error": {"code": ..., "message": ...}}` with a stable code.',
         lifespan=lifespan,
     )
+    app.add_middleware(EdgeMiddleware, max_body_bytes=cfg.auth.max_body_bytes, limits=rate_limits)
+    install_error_handlers(app)
 
-    def rt(request: Request) -> Runtime:
+    async def acc(request: Request, principal: Principal) -> Access:
         runtime: Runtime = request.app.state.rt
-        return runtime
+        return await runtime.access(principal)
 
-    @app.exception_handler(OmsError)
-    async def _oms_error(_: Request, err: OmsError) -> JSONResponse:
-        return JSONResponse(
-            {"error": {"code": err.code.value, "message": err.message}},
-            status_code=http_status(err.code),
-        )
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in err.errors()
-        )
-        return JSONResponse(
-            {"error": {"code": ErrorCode.INVALID_REQUEST.value, "message": problems}},
-            status_code=422,
-        )
-
-    @app.get("/catalog", summary="Plans with their prices per currency and interval")
-    async def get_catalog() -> list[dict[str, Any]]:
+    @app.get(
+        "/catalog",
+        responses=EDGE_ERRORS,
+        summary="Plans with their prices per currency and interval",
+    )
+    async def get_catalog(principal: Caller) -> list[dict[str, Any]]:
+        principal.require(Permission.CATALOG_READ)
         return [
             {**p.model_dump(mode="json"), "intervals": [i.value for i in p.intervals]}
             for p in default_catalog().plans
@@ -212,137 +220,165 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
     async def create_subscription(
         body: SubscribeRequest,
         request: Request,
-        idempotency_key: str | None = Header(default=None),
+        principal: Caller,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> StartResult:
-        if idempotency_key and not body.request_id:
-            body = body.model_copy(update={"request_id": idempotency_key})
-        service = await rt(request).service()
-        result = await service.subscribe(body, _actor(request, None))
+        result = await (await acc(request, principal)).subscribe(body, idempotency_key)
         log.info(
             "api.subscription_created",
             subscription_id=result.subscription_id,
             status=result.status.value,
+            principal=principal.id,
         )
         return result
 
-    @app.get("/subscriptions", summary="List subscriptions (filters: status, customer, plan)")
+    @app.get(
+        "/subscriptions",
+        responses=EDGE_ERRORS,
+        summary="List the subscriptions the caller may see (filters: status, customer, plan)",
+    )
     async def list_subscriptions(
         request: Request,
-        status: str | None = None,
-        customer_id: str | None = None,
-        plan_id: str | None = None,
+        principal: Caller,
+        status: str | None = Query(None, max_length=32),
+        customer_id: str | None = Query(None, max_length=64),
+        plan_id: str | None = Query(None, max_length=64),
         limit: int = Query(100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
-        service = await rt(request).service()
-        return service.list_subscriptions(
+        return (await acc(request, principal)).list_subscriptions(
             status=status, customer_id=customer_id, plan_id=plan_id, limit=limit
         )
 
     @app.get("/subscriptions/{subscription_id}", responses=ERRORS, summary="Live state")
-    async def get_subscription(subscription_id: str, request: Request) -> dict[str, Any]:
-        service = await rt(request).service()
-        view = await service.status(subscription_id)
+    async def get_subscription(
+        subscription_id: SubscriptionId, request: Request, principal: Caller
+    ) -> dict[str, Any]:
+        view = await (await acc(request, principal)).status(subscription_id)
         return view if isinstance(view, dict) else view.model_dump(mode="json")
 
     @app.get("/subscriptions/{subscription_id}/timeline", responses=ERRORS)
-    async def get_timeline(subscription_id: str, request: Request) -> Timeline:
-        service = await rt(request).service()
-        return await service.timeline(subscription_id)
+    async def get_timeline(
+        subscription_id: SubscriptionId, request: Request, principal: Caller
+    ) -> Timeline:
+        return await (await acc(request, principal)).timeline(subscription_id)
 
     @app.get("/subscriptions/{subscription_id}/invoices", responses=ERRORS)
-    async def get_invoices(subscription_id: str, request: Request) -> list[dict[str, Any]]:
-        service = await rt(request).service()
-        return service.invoices(subscription_id)
+    async def get_invoices(
+        subscription_id: SubscriptionId, request: Request, principal: Caller
+    ) -> list[dict[str, Any]]:
+        return (await acc(request, principal)).invoices(subscription_id)
+
+    @app.get(
+        "/subscriptions/{subscription_id}/audit",
+        responses=ERRORS,
+        summary="The audit trail: who did what, through which channel, when (oldest first)",
+    )
+    async def get_audit(
+        subscription_id: SubscriptionId,
+        request: Request,
+        principal: Caller,
+        limit: int = Query(1000, ge=1, le=10_000),
+    ) -> list[dict[str, Any]]:
+        return (await acc(request, principal)).audit(subscription_id, limit=limit)
 
     @app.post("/subscriptions/{subscription_id}/cancel", responses=ERRORS)
     async def cancel_subscription(
-        subscription_id: str,
+        subscription_id: SubscriptionId,
         body: CancelBody,
         request: Request,
-        idempotency_key: str | None = Header(default=None),
+        principal: Caller,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> CancelResult:
-        service = await rt(request).service()
-        by = _actor(request, body.actor, body.reason, idempotency_key)
-        return await service.cancel(subscription_id, body.at_period_end, by)
+        access = await acc(request, principal)
+        return await access.cancel(
+            subscription_id, body.at_period_end, body.reason, idempotency_key
+        )
 
     @app.post("/subscriptions/{subscription_id}/uncancel", responses=ERRORS)
     async def uncancel_subscription(
-        subscription_id: str,
+        subscription_id: SubscriptionId,
         request: Request,
-        body: ActorBody | None = None,
-        idempotency_key: str | None = Header(default=None),
+        principal: Caller,
+        body: ReasonBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> CancelResult:
-        service = await rt(request).service()
-        by = _actor(
-            request, body.actor if body else None, body.reason if body else None, idempotency_key
+        access = await acc(request, principal)
+        return await access.uncancel(
+            subscription_id, body.reason if body else None, idempotency_key
         )
-        return await service.uncancel(subscription_id, by)
 
     @app.post("/subscriptions/{subscription_id}/retry", responses=ERRORS)
     async def retry_subscription(
-        subscription_id: str, request: Request, body: ActorBody | None = None
+        subscription_id: SubscriptionId,
+        request: Request,
+        principal: Caller,
+        body: ReasonBody | None = None,
     ) -> Any:
         """Retry a step that needs attention now (operators, after fixing its cause)."""
-        service = await rt(request).service()
-        by = _actor(request, body.actor if body else None, body.reason if body else None, None)
-        return await service.retry(subscription_id, by)
+        access = await acc(request, principal)
+        return await access.retry(subscription_id, body.reason if body else None)
 
     @app.post("/subscriptions/{subscription_id}/changes", responses=ERRORS)
     async def change_subscription(
-        subscription_id: str,
+        subscription_id: SubscriptionId,
         body: ChangeBody,
         request: Request,
-        idempotency_key: str | None = Header(default=None),
+        principal: Caller,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> ChangeResult:
         """Change plan, quantity or interval: applied, scheduled or pending approval."""
-        service = await rt(request).service()
-        return await service.change(
+        return await (await acc(request, principal)).change(
             subscription_id,
             plan_id=body.plan_id,
             quantity=body.quantity,
             interval=body.interval,
             when=body.when,
-            by=_actor(request, body.actor),
             request_id=body.request_id or idempotency_key,
         )
 
     @app.get("/subscriptions/{subscription_id}/pending", responses=ERRORS)
-    async def get_pending(subscription_id: str, request: Request) -> PendingView:
-        service = await rt(request).service()
-        return await service.pending(subscription_id)
+    async def get_pending(
+        subscription_id: SubscriptionId, request: Request, principal: Caller
+    ) -> PendingView:
+        return await (await acc(request, principal)).pending(subscription_id)
 
     @app.delete("/subscriptions/{subscription_id}/pending/{request_id}", responses=ERRORS)
     async def withdraw_request(
-        subscription_id: str, request_id: str, request: Request
+        subscription_id: SubscriptionId,
+        request_id: Annotated[str, Path(max_length=200)],
+        request: Request,
+        principal: Caller,
     ) -> PendingView:
-        service = await rt(request).service()
-        return await service.withdraw(subscription_id, request_id, _actor(request, None))
+        return await (await acc(request, principal)).withdraw(subscription_id, request_id)
 
     @app.post("/subscriptions/{subscription_id}/pause", responses=ERRORS)
     async def pause_subscription(
-        subscription_id: str, body: PauseBody, request: Request
+        subscription_id: SubscriptionId, body: PauseBody, request: Request, principal: Caller
     ) -> PauseResult:
-        service = await rt(request).service()
-        return await service.pause(
-            subscription_id, body.resume_on, _actor(request, body.actor), body.request_id
-        )
+        access = await acc(request, principal)
+        return await access.pause(subscription_id, body.resume_on, body.request_id)
 
     @app.post("/subscriptions/{subscription_id}/resume", responses=ERRORS)
     async def resume_subscription(
-        subscription_id: str, request: Request, body: ActorBody | None = None
+        subscription_id: SubscriptionId,
+        request: Request,
+        principal: Caller,
+        body: ReasonBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> PauseResult:
-        service = await rt(request).service()
-        return await service.resume(subscription_id, _actor(request, body.actor if body else None))
+        access = await acc(request, principal)
+        return await access.resume(subscription_id, body.reason if body else None, idempotency_key)
 
     @app.post("/subscriptions/{subscription_id}/payment-method", responses=ERRORS)
     async def update_payment_method(
-        subscription_id: str, body: PaymentMethodBody, request: Request
+        subscription_id: SubscriptionId,
+        body: PaymentMethodBody,
+        request: Request,
+        principal: Caller,
     ) -> PaymentMethodResult:
         """Replace the card; anything unpaid is retried with it at once."""
-        service = await rt(request).service()
-        return await service.update_payment_method(
-            subscription_id, body.payment_method_id, _actor(request, body.actor)
-        )
+        access = await acc(request, principal)
+        return await access.update_payment_method(subscription_id, body.payment_method_id)
 
     @app.post(
         "/clocks",
@@ -350,18 +386,24 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         responses=CLOCK_ERRORS,
         summary="Create a test clock (dev and test deployments only; 403 elsewhere)",
     )
-    async def create_clock(request: Request, body: ClockBody | None = None) -> dict[str, Any]:
+    async def create_clock(
+        request: Request, principal: Caller, body: ClockBody | None = None
+    ) -> dict[str, Any]:
         from starter.clock import parse_at
 
-        service = await rt(request).service()
+        principal.require(Permission.CLOCKS_MANAGE)
+        service = await request.app.state.rt.service()
         service.clocks()  # refused first where clocks are off
         at = parse_at(body.at) if body is not None and body.at is not None else None
         view = (await service.create_clock(at)).to_json()
         return {"clock_id": view["clock_id"], "now": view["now"]}
 
     @app.get("/clocks/{clock_id}", responses=CLOCK_ERRORS, summary="A test clock and its time")
-    async def get_clock(clock_id: str, request: Request) -> dict[str, Any]:
-        service = await rt(request).service()
+    async def get_clock(
+        clock_id: Annotated[str, Path(max_length=64)], request: Request, principal: Caller
+    ) -> dict[str, Any]:
+        principal.require(Permission.CLOCKS_MANAGE)
+        service = await request.app.state.rt.service()
         return (await service.clock(clock_id)).to_json()
 
     @app.post(
@@ -369,75 +411,101 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         responses=CLOCK_ERRORS,
         summary="Advance a test clock; answers once its subscriptions have caught up",
     )
-    async def advance_clock(clock_id: str, body: AdvanceBody, request: Request) -> dict[str, Any]:
-        service = await rt(request).service()
+    async def advance_clock(
+        clock_id: Annotated[str, Path(max_length=64)],
+        body: AdvanceBody,
+        request: Request,
+        principal: Caller,
+    ) -> dict[str, Any]:
+        principal.require(Permission.CLOCKS_MANAGE)
+        service = await request.app.state.rt.service()
         return (await service.advance_clock(clock_id, body.duration)).to_json()
 
-    @app.get("/approvals", summary="Approval requests (for an approver: the ones they may decide)")
+    @app.get(
+        "/approvals",
+        responses=EDGE_ERRORS,
+        summary="Approval requests (for an approver: those of its groups)",
+    )
     async def list_approvals(
-        request: Request, approver: str | None = None, status: str | None = "pending"
+        request: Request,
+        principal: Caller,
+        status: str | None = Query("pending", max_length=16),
     ) -> list[dict[str, Any]]:
-        service = await rt(request).service()
-        return service.approvals(approver=approver, status=status)
+        return (await acc(request, principal)).approvals(status=status)
 
     @app.get("/approvals/{request_id}", responses=ERRORS)
-    async def get_approval(request_id: str, request: Request) -> dict[str, Any]:
-        service = await rt(request).service()
-        return service.approval(request_id)
+    async def get_approval(
+        request_id: Annotated[str, Path(max_length=200)], request: Request, principal: Caller
+    ) -> dict[str, Any]:
+        return (await acc(request, principal)).approval(request_id)
 
     @app.post("/approvals/{request_id}/{verdict}", responses=ERRORS)
     async def decide_approval(
-        request_id: str, verdict: str, body: DecisionBody, request: Request
+        request_id: Annotated[str, Path(max_length=200)],
+        verdict: Literal["approve", "reject"],
+        body: DecisionBody,
+        request: Request,
+        principal: Caller,
     ) -> ApprovalResult:
-        """``verdict`` is ``approve`` or ``reject``."""
-        if verdict not in ("approve", "reject"):
-            raise OmsError(ErrorCode.INVALID_REQUEST, "use /approve or /reject")
-        service = await rt(request).service()
-        return await service.decide(
-            request_id,
-            approve=verdict == "approve",
-            approver=body.approver,
-            reason=body.reason,
-            channel="api",
-        )
+        """Approve or reject as the authenticated approver (self-approval is refused)."""
+        access = await acc(request, principal)
+        return await access.decide(request_id, approve=verdict == "approve", reason=body.reason)
 
-    @app.get("/health", summary="Reachability of Temporal, the database and the gateway")
-    async def health(request: Request) -> JSONResponse:
-        runtime = rt(request)
-        checks: dict[str, dict[str, Any]] = {}
-
-        async def check(name: str, probe: Any) -> None:
-            try:
-                await asyncio.wait_for(probe(), timeout=3)
-                checks[name] = {"ok": True}
-            except Exception as err:
-                checks[name] = {"ok": False, "error": str(err) or type(err).__name__}
-
-        async def temporal() -> None:
-            service = await runtime.service()
-            await service.client.service_client.check_health()
-
-        async def database() -> None:
-            await asyncio.to_thread(ping, runtime.engine)
-
-        async def gateway() -> None:
-            key = runtime.config.gateway.api_key
-            if not key:
-                raise RuntimeError("OMS_STRIPE_API_KEY is not set")
-            gw = StripeGateway(
-                key, api_base=runtime.config.gateway.api_base, max_network_retries=0, timeout_s=3
-            )
-            await asyncio.to_thread(gw.ping)
-
-        await asyncio.gather(
-            check("temporal", temporal), check("database", database), check("gateway", gateway)
-        )
+    @app.get(
+        "/health",
+        responses=EDGE_ERRORS,
+        summary="Reachability of Temporal, the database and the gateway",
+    )
+    async def health(request: Request, principal: Caller) -> JSONResponse:
+        principal.require(Permission.HEALTH_READ)
+        runtime: Runtime = request.app.state.rt
+        checks = await probe_dependencies(runtime, timeout_s=3.0)
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
 
     app.include_router(intake_router)
     app.include_router(kpis_router)
+    app.include_router(admin_router)
     return app
+
+
+async def probe_dependencies(runtime: Runtime, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Temporal, the database and the gateway, each ``{"ok": bool, "error"?: str}``.
+
+    The error says which dependency failed in plain words; the exception text is logged only.
+    """
+    checks: dict[str, dict[str, Any]] = {}
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            await asyncio.wait_for(probe(), timeout=timeout_s)
+            checks[name] = {"ok": True}
+        except Exception as err:
+            log.warning(
+                "api.dependency_down", dependency=name, error=str(err) or type(err).__name__
+            )
+            checks[name] = {"ok": False, "error": f"{name} is not reachable or not configured"}
+
+    async def temporal() -> None:
+        service = await runtime.service()
+        await service.client.service_client.check_health()
+
+    async def database() -> None:
+        await asyncio.to_thread(ping, runtime.engine)
+
+    async def gateway() -> None:
+        key = runtime.config.gateway.api_key
+        if not key:
+            raise RuntimeError("OMS_STRIPE_API_KEY is not set")
+        gw = StripeGateway(
+            key, api_base=runtime.config.gateway.api_base, max_network_retries=0, timeout_s=3
+        )
+        await asyncio.to_thread(gw.ping)
+
+    await asyncio.gather(
+        check("temporal", temporal), check("database", database), check("gateway", gateway)
+    )
+    return checks
 
 
 def main() -> None:

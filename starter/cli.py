@@ -17,11 +17,13 @@ from pydantic import ValidationError
 
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError
+from models.identity import DEFAULT_TENANT, Permission, Role
 from models.money import format_money
+from starter.access import Access
 from starter.intake_cli import app as intake_app
-from starter.output import JsonOpt, actor, emit_json, fail, plain, run_service, table
+from starter.output import JsonOpt, emit_json, fail, plain, run_access, set_token, table
 from starter.quote import app as quote_app
-from starter.service import OmsService, SubscribeRequest, clocks_disabled
+from starter.service import SubscribeRequest, clocks_disabled
 from starter.simulate import kpis as kpis_command
 from starter.simulate import simulate as simulate_command
 from workers.config import load_config
@@ -38,6 +40,27 @@ dev_app = typer.Typer(
     help="Local development helpers (never for production).", no_args_is_help=True
 )
 app.add_typer(dev_app, name="dev")
+admin_app = typer.Typer(
+    help="Tenants, principals, API keys and tokens (the admin role; docs/access.md).",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
+
+
+@app.callback()
+def _credentials(
+    token: str = typer.Option(
+        None,
+        "--token",
+        envvar="OMS_TOKEN",
+        help="Act as this token's or API key's principal. On a dev stack without one: the dev "
+        "operator.",
+    ),
+) -> None:
+    """Subscription OMS: subscriptions as long-lived Temporal workflows."""
+    set_token(token)
+
+
 app.add_typer(quote_app, name="quote")
 app.add_typer(intake_app, name="intake")
 
@@ -104,7 +127,6 @@ def subscribe(
     clock: str = typer.Option(
         None, "--clock", help="Attach to this test clock (`oms clock create`); dev stacks only."
     ),
-    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create a subscription; waits until it is trialing, active or refused."""
@@ -127,9 +149,9 @@ def subscribe(
         where = ".".join(str(x) for x in problem["loc"])
         fail(OmsError(ErrorCode.INVALID_REQUEST, f"{where}: {problem['msg']}"), as_json)
     if clock is None:
-        result = run_service(as_json, lambda s: s.subscribe(req, actor(as_)))
+        result = run_access(as_json, lambda a: a.subscribe(req))
     else:
-        result = run_clock_service(as_json, lambda s: s.subscribe(req, actor(as_)))
+        result = run_clock_service(as_json, lambda a: a.subscribe(req))
     if as_json:
         emit_json(result)
         return
@@ -149,7 +171,7 @@ def subscribe(
 @app.command()
 def status(subscription_id: str, as_json: bool = JsonOpt) -> None:
     """Show a subscription's live state."""
-    view = run_service(as_json, lambda s: s.status(subscription_id))
+    view = run_access(as_json, lambda a: a.status(subscription_id))
     data = plain(view)
     if as_json:
         emit_json(data)
@@ -167,10 +189,10 @@ def list_(
 ) -> None:
     """List subscriptions (from the database projection)."""
 
-    async def go(s: OmsService) -> list[dict[str, Any]]:
-        return s.list_subscriptions(status=status, customer_id=customer, plan_id=plan, limit=limit)
+    async def go(a: Access) -> list[dict[str, Any]]:
+        return a.list_subscriptions(status=status, customer_id=customer, plan_id=plan, limit=limit)
 
-    rows = run_service(as_json, go)
+    rows = run_access(as_json, go)
     if as_json:
         emit_json(rows)
         return
@@ -195,7 +217,7 @@ def list_(
 @app.command()
 def timeline(subscription_id: str, as_json: bool = JsonOpt) -> None:
     """Show the next scheduled events (notices, trial end, charges) with their instants."""
-    tl = run_service(as_json, lambda s: s.timeline(subscription_id))
+    tl = run_access(as_json, lambda a: a.timeline(subscription_id))
     if as_json:
         emit_json(tl)
         return
@@ -219,10 +241,10 @@ def timeline(subscription_id: str, as_json: bool = JsonOpt) -> None:
 def invoices(subscription_id: str, as_json: bool = JsonOpt) -> None:
     """List a subscription's invoices with their lines."""
 
-    async def go(s: OmsService) -> list[dict[str, Any]]:
-        return s.invoices(subscription_id)
+    async def go(a: Access) -> list[dict[str, Any]]:
+        return a.invoices(subscription_id)
 
-    items = run_service(as_json, go)
+    items = run_access(as_json, go)
     if as_json:
         emit_json(items)
         return
@@ -249,6 +271,39 @@ def invoices(subscription_id: str, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
+def audit(
+    subscription_id: str,
+    limit: int = typer.Option(1000, help="At most this many entries, oldest first."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a subscription's audit trail: who did what, through which channel, when."""
+
+    async def go(a: Access) -> list[dict[str, Any]]:
+        return a.audit(subscription_id, limit=limit)
+
+    rows = run_access(as_json, go)
+    if as_json:
+        emit_json(rows)
+        return
+    table(
+        [
+            [
+                (r["occurred_at"] or "")[:19],
+                r["action"],
+                f"{r['from_status'] or ''} -> {r['to_status'] or ''}"
+                if r["from_status"] != r["to_status"]
+                else "",
+                r["actor"],
+                r["channel"],
+                r["reason"] or "",
+            ]
+            for r in rows
+        ],
+        ["when (UTC)", "action", "status", "actor", "channel", "reason"],
+    )
+
+
+@app.command()
 def cancel(
     subscription_id: str,
     now: bool = typer.Option(False, "--now", help="End service immediately."),
@@ -257,7 +312,6 @@ def cancel(
     ),
     reason: str = typer.Option(None, help="Why (kept in the audit log)."),
     request_id: str = typer.Option(None, help="Idempotency key of this request."),
-    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Cancel a subscription now or at the end of its period."""
@@ -266,8 +320,9 @@ def cancel(
             OmsError(ErrorCode.INVALID_REQUEST, "choose exactly one of --now or --at-period-end"),
             as_json,
         )
-    by = actor(as_, reason, request_id)
-    result = run_service(as_json, lambda s: s.cancel(subscription_id, at_period_end, by))
+    result = run_access(
+        as_json, lambda a: a.cancel(subscription_id, at_period_end, reason, request_id)
+    )
     if as_json:
         emit_json(result)
         return
@@ -278,11 +333,10 @@ def cancel(
 @app.command()
 def uncancel(
     subscription_id: str,
-    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Withdraw a period-end cancellation before it takes effect."""
-    result = run_service(as_json, lambda s: s.uncancel(subscription_id, actor(as_)))
+    result = run_access(as_json, lambda a: a.uncancel(subscription_id))
     if as_json:
         emit_json(result)
         return
@@ -292,7 +346,6 @@ def uncancel(
 @app.command()
 def retry(
     subscription_id: str,
-    as_: str = typer.Option(None, "--as", help="Who is acting (for the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Retry now what a subscription that needs attention was refused (after fixing the cause).
@@ -300,7 +353,7 @@ def retry(
     A refused billing step (shown by `oms status` as needs_attention with its code) is retried at
     once instead of on its back-off; a flag for a record that could not be written is cleared.
     """
-    result = run_service(as_json, lambda s: s.retry(subscription_id, actor(as_)))
+    result = run_access(as_json, lambda a: a.retry(subscription_id))
     if as_json:
         emit_json(result)
         return
@@ -317,20 +370,17 @@ def change(
     interval: str = typer.Option(None, help="New interval (default: keep)."),
     when: str = typer.Option(None, help="now or period-end (default: as the policy says)."),
     request_id: str = typer.Option(None, help="Idempotency key of this request."),
-    as_: str = typer.Option(None, "--as", help="Who asks (audit; may not approve it)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Change plan, quantity or interval: applied with proration, scheduled, or approved first."""
-    by = actor(as_)
-    result = run_service(
+    result = run_access(
         as_json,
-        lambda s: s.change(
+        lambda a: a.change(
             subscription_id,
             plan_id=plan,
             quantity=quantity,
             interval=interval,
             when=when,
-            by=by,
             request_id=request_id,
         ),
     )
@@ -354,7 +404,7 @@ def change(
 @app.command()
 def pending(subscription_id: str, as_json: bool = JsonOpt) -> None:
     """Scheduled changes and requests waiting for approval on a subscription."""
-    view = run_service(as_json, lambda s: s.pending(subscription_id))
+    view = run_access(as_json, lambda a: a.pending(subscription_id))
     if as_json:
         emit_json(view)
         return
@@ -370,11 +420,10 @@ def pending(subscription_id: str, as_json: bool = JsonOpt) -> None:
 def withdraw(
     subscription_id: str,
     request_id: str,
-    as_: str = typer.Option(None, "--as", help="Who withdraws it."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Withdraw a scheduled change or a request still waiting for approval."""
-    view = run_service(as_json, lambda s: s.withdraw(subscription_id, request_id, actor(as_)))
+    view = run_access(as_json, lambda a: a.withdraw(subscription_id, request_id))
     if as_json:
         emit_json(view)
     else:
@@ -386,7 +435,6 @@ def pause(
     subscription_id: str,
     resume_on: str = typer.Option(None, help="First day of service again (YYYY-MM-DD)."),
     request_id: str = typer.Option(None, help="Idempotency key of this request."),
-    as_: str = typer.Option(None, "--as", help="Who asks."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pause service and charges, optionally until a date."""
@@ -396,9 +444,7 @@ def pause(
         fail(
             OmsError(ErrorCode.INVALID_REQUEST, f"--resume-on {resume_on!r} is not a date"), as_json
         )
-    result = run_service(
-        as_json, lambda s: s.pause(subscription_id, resume, actor(as_), request_id=request_id)
-    )
+    result = run_access(as_json, lambda a: a.pause(subscription_id, resume, request_id))
     if as_json:
         emit_json(result)
     else:
@@ -408,11 +454,10 @@ def pause(
 @app.command()
 def resume(
     subscription_id: str,
-    as_: str = typer.Option(None, "--as", help="Who asks."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Resume a paused subscription today."""
-    result = run_service(as_json, lambda s: s.resume(subscription_id, actor(as_)))
+    result = run_access(as_json, lambda a: a.resume(subscription_id))
     if as_json:
         emit_json(result)
     else:
@@ -425,12 +470,11 @@ def resume(
 def payment_method(
     subscription_id: str,
     payment_method_id: str = typer.Argument(..., help="The new card's token (pm_...)."),
-    as_: str = typer.Option(None, "--as", help="Who asks."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Replace the card; anything unpaid is retried with it at once."""
-    result = run_service(
-        as_json, lambda s: s.update_payment_method(subscription_id, payment_method_id, actor(as_))
+    result = run_access(
+        as_json, lambda a: a.update_payment_method(subscription_id, payment_method_id)
     )
     if as_json:
         emit_json(result)
@@ -446,18 +490,20 @@ clock_app = typer.Typer(
 app.add_typer(clock_app, name="clock")
 
 
-def run_clock_service(as_json: bool, action: Callable[[OmsService], Awaitable[T]]) -> T:
-    """``run_service`` with test clocks as the configuration says (temporal.test_clocks /
-    OMS_TEST_CLOCKS); refused before connecting anywhere when they are off."""
+def run_clock_service(as_json: bool, action: Callable[[Access], Awaitable[T]]) -> T:
+    """``run_access`` with test clocks as the configuration says (temporal.test_clocks /
+    OMS_TEST_CLOCKS); refused before connecting anywhere when they are off. Needs the
+    clocks:manage permission (operators)."""
     config = load_config()
     if not config.temporal.test_clocks:
         fail(clocks_disabled(), as_json)
 
-    async def go(s: OmsService) -> T:
-        s.test_clocks = True
-        return await action(s)
+    async def go(a: Access) -> T:
+        a.require(Permission.CLOCKS_MANAGE)
+        a.service.test_clocks = True
+        return await action(a)
 
-    return run_service(as_json, go, config)
+    return run_access(as_json, go, config)
 
 
 @clock_app.command("create")
@@ -476,7 +522,7 @@ def clock_create(
         start = parse_at(at) if at is not None else None
     except OmsError as err:
         fail(err, as_json)
-    view = run_clock_service(as_json, lambda s: s.create_clock(start))
+    view = run_clock_service(as_json, lambda a: a.service.create_clock(start))
     out = view.to_json()
     if as_json:
         emit_json({"clock_id": out["clock_id"], "now": out["now"]})
@@ -487,7 +533,7 @@ def clock_create(
 @clock_app.command("now")
 def clock_now(clock_id: str, as_json: bool = JsonOpt) -> None:
     """Show a test clock's current time (it runs at wall-clock speed between advances)."""
-    view = run_clock_service(as_json, lambda s: s.clock(clock_id))
+    view = run_clock_service(as_json, lambda a: a.service.clock(clock_id))
     now = view.to_json()["now"]
     if as_json:
         emit_json({"now": now})
@@ -502,7 +548,7 @@ def clock_advance(
     as_json: bool = JsonOpt,
 ) -> None:
     """Move a test clock forward; returns once every subscription on it has caught up."""
-    result = run_clock_service(as_json, lambda s: s.advance_clock(clock_id, duration))
+    result = run_clock_service(as_json, lambda a: a.service.advance_clock(clock_id, duration))
     out = result.to_json()
     if as_json:
         emit_json(out)
@@ -516,16 +562,15 @@ app.add_typer(approvals_app, name="approvals")
 
 @approvals_app.command("list")
 def approvals_list(
-    as_: str = typer.Option(None, "--as", help="Only requests this approver may decide."),
     status: str = typer.Option("pending", help="pending, approved, rejected, expired, ..."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """List approval requests with their deadlines."""
+    """List approval requests with their deadlines (an approver sees those of its groups)."""
 
-    async def go(s: OmsService) -> list[dict[str, Any]]:
-        return s.approvals(approver=as_, status=status)
+    async def go(a: Access) -> list[dict[str, Any]]:
+        return a.approvals(status=status)
 
-    rows = run_service(as_json, go)
+    rows = run_access(as_json, go)
     if as_json:
         emit_json(rows)
         return
@@ -550,23 +595,18 @@ def approvals_list(
 def approvals_show(request_id: str, as_json: bool = JsonOpt) -> None:
     """Show one approval request."""
 
-    async def go(s: OmsService) -> dict[str, Any]:
-        return s.approval(request_id)
+    async def go(a: Access) -> dict[str, Any]:
+        return a.approval(request_id)
 
-    row = run_service(as_json, go)
+    row = run_access(as_json, go)
     if as_json:
         emit_json(row)
     else:
         table([[k, v] for k, v in row.items()], ["field", "value"])
 
 
-def _decide(request_id: str, approve: bool, approver: str, reason: str, as_json: bool) -> None:
-    result = run_service(
-        as_json,
-        lambda s: s.decide(
-            request_id, approve=approve, approver=approver, reason=reason, channel="cli"
-        ),
-    )
+def _decide(request_id: str, approve: bool, reason: str, as_json: bool) -> None:
+    result = run_access(as_json, lambda a: a.decide(request_id, approve=approve, reason=reason))
     if as_json:
         emit_json(result)
     else:
@@ -576,23 +616,22 @@ def _decide(request_id: str, approve: bool, approver: str, reason: str, as_json:
 @approvals_app.command("approve")
 def approvals_approve(
     request_id: str,
-    as_: str = typer.Option(..., "--as", help="The approver's id."),
     reason: str = typer.Option(..., help="Why (kept in the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Approve a request: the change, cancellation or pause is carried out."""
-    _decide(request_id, True, as_, reason, as_json)
+    """Approve a request as the authenticated approver (OMS_TOKEN / --token): the change,
+    cancellation or pause is carried out."""
+    _decide(request_id, True, reason, as_json)
 
 
 @approvals_app.command("reject")
 def approvals_reject(
     request_id: str,
-    as_: str = typer.Option(..., "--as", help="The approver's id."),
     reason: str = typer.Option(..., help="Why (kept in the audit log)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Reject a request: nothing changes."""
-    _decide(request_id, False, as_, reason, as_json)
+    """Reject a request as the authenticated approver: nothing changes."""
+    _decide(request_id, False, reason, as_json)
 
 
 @dev_app.command("card")
@@ -617,6 +656,69 @@ def dev_card(
         emit_json({"payment_method_id": pm})
     else:
         typer.echo(pm)
+
+
+@dev_app.command("token")
+def dev_token(
+    role: str = typer.Option(..., help="customer, operator, approver, partner, service or admin."),
+    tenant: str = typer.Option(DEFAULT_TENANT, help="The principal's tenant."),
+    customer: str = typer.Option(None, help="A customer's own customer id (role customer)."),
+    groups: str = typer.Option(
+        None, help="An approver's groups, comma-separated (default: the policy's for its id)."
+    ),
+    partner: str = typer.Option(None, help="A partner's id (role partner)."),
+    accounts: str = typer.Option(None, help="Accounts it may bill, comma-separated."),
+    principal: str = typer.Option(None, help="The principal id (default: dev-<role>)."),
+) -> None:
+    """Print a token for a dev principal (written to the principal store); only the token.
+
+    Refused where a production signing key is configured: dev tokens exist on dev stacks only.
+    """
+    from activities.auth_store import AuthStore
+    from activities.db import create_db_engine
+    from models.policy import default_policy
+    from starter.auth import Authenticator, dev_credentials_allowed, dev_principal
+
+    config = load_config()
+    try:
+        if not dev_credentials_allowed(config.auth):
+            raise OmsError(
+                ErrorCode.FORBIDDEN,
+                "dev tokens are refused here: a production signing key is configured (ask an "
+                "admin for a token: oms admin token PRINCIPAL)",
+            )
+        try:
+            kind = Role(role)
+        except ValueError:
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST, f"unknown role {role!r}; use one of {', '.join(Role)}"
+            ) from None
+        member_of = _split(groups)
+        if kind == Role.APPROVER and groups is None and principal:
+            directory = default_policy().approver_groups
+            member_of = tuple(g for g, members in directory.items() if principal in members)
+        p = dev_principal(
+            kind,
+            principal_id=principal,
+            tenant_id=tenant,
+            customer_id=customer,
+            groups=member_of,
+            partner_id=partner,
+            accounts=_split(accounts),
+        )
+        engine = create_db_engine(config.database.url)
+        try:
+            store = AuthStore(engine)
+            token = Authenticator(config.auth, store).issue(store.put_principal(p))
+        finally:
+            engine.dispose()
+    except OmsError as err:
+        fail(err, False)
+    typer.echo(token)
+
+
+def _split(values: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (values or "").split(",") if v.strip())
 
 
 @dev_app.command("up")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from temporalio.client import Client
 
 from activities.db import create_db_engine
@@ -15,16 +16,19 @@ from starter.service import OmsService
 from workers.config import Config
 from workers.main import connect
 
+log = structlog.get_logger(__name__)
+
 
 async def connect_temporal(config: Config) -> Client:
     """Connect, or an OmsError that says where we tried."""
     try:
         return await connect(config)
     except RuntimeError as err:  # the SDK raises RuntimeError for connection failures
+        log.warning("temporal.connect_failed", address=config.temporal.address, error=str(err))
         raise OmsError(
             ErrorCode.TEMPORAL_UNAVAILABLE,
             f"cannot reach Temporal at {config.temporal.address} "
-            f"(namespace {config.temporal.namespace}); is `make dev` running? ({err})",
+            f"(namespace {config.temporal.namespace}); is `make dev` running?",
         ) from err
 
 

@@ -1,7 +1,7 @@
 """``GET /kpis``: the billing KPIs over a date range, read from the database.
 
-Mount with ``app.include_router(kpis_api.router)`` in :func:`starter.api.create_app`; the store
-comes from the app's runtime (``request.app.state.rt.store``). The definitions are in
+Mount with ``app.include_router(kpis_api.router)`` in :func:`starter.api.create_app`; the figures
+are those of the caller's tenant. The definitions are in
 :mod:`models.kpis`; the figures are the same as ``oms kpis --json``.
 """
 
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
+from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from sqlalchemy.exc import SQLAlchemyError
 
 from activities.kpis import kpi_report
-from activities.store import Store
 from models.errors import ErrorCode, OmsError
+from models.identity import Permission, Principal
 from models.kpis import KpiReport
+from starter.http import EDGE_ERRORS, current_principal
 
 log = structlog.get_logger(__name__)
 
@@ -28,22 +30,24 @@ router = APIRouter(tags=["kpis"])
     "/kpis",
     summary="Renewal success, first-attempt failures, recovery by dunning step, churn",
     response_model=KpiReport,
+    responses=EDGE_ERRORS,
 )
 async def get_kpis(
     request: Request,
+    principal: Annotated[Principal, Depends(current_principal)],
     since: date | None = Query(None, description="first billing date included (YYYY-MM-DD)"),
     until: date | None = Query(None, description="first billing date excluded (YYYY-MM-DD)"),
 ) -> KpiReport:
-    """The KPIs of invoices whose period starts in ``[since, until)`` (both optional)."""
+    """The KPIs of the caller's tenant, of invoices whose period starts in ``[since, until)``."""
+    principal.require(Permission.KPIS_READ)
     if since is not None and until is not None and since >= until:
         raise OmsError(ErrorCode.INVALID_REQUEST, "since must be before until")
-    store: Store = request.app.state.rt.store
+    store = request.app.state.rt.store
     try:
-        report = await asyncio.to_thread(kpi_report, store, since, until)
+        report = await asyncio.to_thread(kpi_report, store, since, until, principal.tenant_id)
     except SQLAlchemyError as err:
-        raise OmsError(
-            ErrorCode.DATABASE_UNAVAILABLE, f"the database could not be read: {err}"
-        ) from err
+        log.warning("api.kpis_unavailable", error=str(err))
+        raise OmsError(ErrorCode.DATABASE_UNAVAILABLE, "the database could not be read") from err
     log.info(
         "api.kpis",
         since=since.isoformat() if since else None,

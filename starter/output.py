@@ -17,8 +17,12 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel
 
+from activities.auth_store import AuthStore
 from models.errors import ErrorCode, OmsError
+from models.identity import Principal, Role
 from models.subscription import Actor
+from starter.access import Access
+from starter.auth import Authenticator, dev_credentials_allowed, dev_principal
 from starter.context import open_service
 from starter.service import OmsService
 from workers.config import Config, load_config
@@ -88,3 +92,52 @@ def run_service(
 
 def actor(as_: str | None, reason: str | None = None, request_id: str | None = None) -> Actor:
     return Actor(actor=as_ or "cli", channel="cli", reason=reason, request_id=request_id)
+
+
+# --token / OMS_TOKEN, set by the `oms` callback before a command runs.
+_credentials: dict[str, str | None] = {"token": None}
+
+
+def set_token(token: str | None) -> None:
+    _credentials["token"] = token
+
+
+def cli_principal(config: Config, auth_store: AuthStore) -> Principal:
+    """Who the CLI acts for: ``--token``/``OMS_TOKEN``; on a dev stack without one, the dev
+    operator (``auth.dev_principal``), so the README flow needs no token.
+
+    Raises:
+        OmsError: ``UNAUTHENTICATED`` without a usable credential; ``CONFIG_INVALID`` when the
+            signing configuration cannot be used.
+    """
+    authenticator = Authenticator(config.auth, auth_store)
+    token = _credentials["token"]
+    if token:
+        return authenticator.authenticate(f"Bearer {token}").model_copy(
+            update={"credential": "token"}
+        )
+    if dev_credentials_allowed(config.auth):
+        dev = dev_principal(Role.OPERATOR, principal_id=config.auth.dev_principal)
+        return auth_store.put_principal(dev).model_copy(update={"credential": "local"})
+    raise OmsError(
+        ErrorCode.UNAUTHENTICATED,
+        "set OMS_TOKEN or pass --token (a token from your administrator, or an API key)",
+    )
+
+
+def run_access(
+    as_json: bool, action: Callable[[Access], Awaitable[T]], config: Config | None = None
+) -> T:
+    """Run one operation as the CLI's authenticated principal (starter.access decides)."""
+    cfg = config or load_config()
+
+    async def go() -> T:
+        async with open_service(cfg) as service:
+            store = AuthStore(service.store.engine)
+            principal = cli_principal(cfg, store)
+            return await action(Access(service, store, principal, "cli"))
+
+    try:
+        return asyncio.run(go())
+    except OmsError as err:
+        fail(err, as_json)

@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from pydantic import BaseModel, Field
 from temporalio.client import (
     Client,
@@ -41,6 +42,7 @@ from models.calendar import (
 from models.catalog import Catalog
 from models.dunning import DunningPolicy, default_dunning_policy
 from models.errors import ErrorCode, OmsError
+from models.identity import DEFAULT_TENANT
 from models.ids import (
     customer_id_for_email,
     is_valid_id,
@@ -78,6 +80,8 @@ from workflows.subscription import SubscriptionWorkflow
 
 if TYPE_CHECKING:
     from starter.clock import AdvanceResult, ClockManager, ClockView
+
+log = structlog.get_logger(__name__)
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CARD_LIKE_RE = re.compile(r"^[\d\s-]{12,23}$")
@@ -143,9 +147,19 @@ class OmsService:
     # --- create ------------------------------------------------------------------------
 
     def build_state(
-        self, req: SubscribeRequest, by: Actor, now: datetime | None = None
+        self,
+        req: SubscribeRequest,
+        by: Actor,
+        now: datetime | None = None,
+        *,
+        tenant_id: str = DEFAULT_TENANT,
+        customer_id: str | None = None,
     ) -> SubscriptionState:
-        """Validate a request against the catalog and policy; the workflow's initial state."""
+        """Validate a request against the catalog and policy; the workflow's initial state.
+
+        ``tenant_id`` and ``customer_id`` come from the caller's principal (starter.access),
+        never from the request; the customer id defaults to the one derived from the e-mail.
+        """
         email = req.email.strip()
         if not EMAIL_RE.match(email):
             raise OmsError(ErrorCode.INVALID_REQUEST, f"{req.email!r} is not an e-mail address")
@@ -201,7 +215,8 @@ class OmsService:
             first_index = period_index_containing(anchor, price.interval, service_start)
         return SubscriptionState(
             subscription_id=subscription_id_for_request(request_id),
-            customer_id=customer_id_for_email(email),
+            customer_id=customer_id or customer_id_for_email(email),
+            tenant_id=tenant_id,
             email=email,
             terms=catalog_terms(
                 self.catalog, plan.plan_id, price.currency, price.interval, req.quantity
@@ -229,6 +244,9 @@ class OmsService:
         by: Actor,
         now: datetime | None = None,
         wait_for_payment: bool = True,
+        *,
+        tenant_id: str = DEFAULT_TENANT,
+        customer_id: str | None = None,
     ) -> StartResult:
         """Create a subscription; returns once its workflow has accepted (or refused) it.
 
@@ -240,6 +258,8 @@ class OmsService:
                 test clock's time when ``req.clock_id`` names one (the clock wins).
             wait_for_payment: answer after the first payment (or trial start) is settled; False
                 answers as soon as the workflow has accepted the subscription.
+            tenant_id: the caller's tenant (every row of the subscription carries it).
+            customer_id: the caller's own customer record (a customer principal), else derived.
         """
         clocks = None
         if req.clock_id is not None:
@@ -251,7 +271,7 @@ class OmsService:
                     "service does not set",
                 )
             now = clocks.now(req.clock_id)
-        state = self.build_state(req, by, now)
+        state = self.build_state(req, by, now, tenant_id=tenant_id, customer_id=customer_id)
         request_id = state.created_by.request_id or ""
         attributes = [
             SearchAttributePair(sa.CUSTOMER_ID, state.customer_id),
@@ -355,6 +375,7 @@ class OmsService:
         customer_id: str | None = None,
         plan_id: str | None = None,
         limit: int = 100,
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         if status is not None and status not in SubscriptionStatus.__members__:
             raise OmsError(
@@ -362,7 +383,11 @@ class OmsService:
                 f"unknown status {status!r}; use one of {', '.join(SubscriptionStatus)}",
             )
         rows = self.store.list_subscriptions(
-            status=status, customer_id=customer_id, plan_id=plan_id, limit=limit
+            status=status,
+            customer_id=customer_id,
+            plan_id=plan_id,
+            limit=limit,
+            tenant_id=tenant_id,
         )
         return [
             {"subscription_id": r.id, **r.model_dump(mode="json", exclude={"id"})} for r in rows
@@ -377,6 +402,17 @@ class OmsService:
             item["lines"] = [
                 line.model_dump(mode="json", exclude={"id", "invoice_id"}) for line in lines
             ]
+            out.append(item)
+        return out
+
+    def audit(self, subscription_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The audit trail, oldest first: who did what, through which channel, when."""
+        if self.store.get_subscription(subscription_id) is None:
+            raise _not_found(subscription_id)
+        out = []
+        for row in self.store.audit_trail(subscription_id)[:limit]:
+            item = row.model_dump(mode="json", exclude={"id", "event_key", "recorded_at"})
+            item["details"] = json.loads(row.details or "{}")
             out.append(item)
         return out
 
@@ -498,11 +534,15 @@ class OmsService:
             )
 
     def approvals(
-        self, *, approver: str | None = None, status: str | None = "pending"
+        self,
+        *,
+        approver: str | None = None,
+        status: str | None = "pending",
+        tenant_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Requests waiting for approval (for ``approver``: only those they may decide)."""
         out = []
-        for row in self.store.approvals(status=status):
+        for row in self.store.approvals(status=status, tenant_id=tenant_id):
             groups = json.loads(row.groups)
             if approver is not None:
                 members = {
@@ -528,9 +568,21 @@ class OmsService:
         return item
 
     async def decide(
-        self, request_id: str, *, approve: bool, approver: str, reason: str, channel: str
+        self,
+        request_id: str,
+        *,
+        approve: bool,
+        approver: str,
+        reason: str,
+        channel: str,
+        approver_groups: list[str] | None = None,
+        tenant_id: str | None = None,
     ) -> ApprovalResult:
-        """Approve or reject a request by its id (the subscription is looked up)."""
+        """Approve or reject a request by its id (the subscription is looked up).
+
+        ``approver_groups`` are the approver's memberships from the principal store; None lets
+        the policy's directory decide (trusted callers only).
+        """
         row = self.store.approval(request_id)
         if row is None:
             raise OmsError(ErrorCode.REQUEST_NOT_FOUND, f"no approval request {request_id}")
@@ -543,6 +595,8 @@ class OmsService:
                     approver=approver,
                     reason=reason,
                     channel=channel,
+                    approver_groups=approver_groups,
+                    tenant_id=tenant_id,
                 ),
                 rpc_timeout=UPDATE_TIMEOUT,
             )
@@ -615,8 +669,13 @@ class _temporal_errors:
                     "use a new request id",
                 ) from exc
             if exc.status in (RPCStatusCode.INVALID_ARGUMENT, RPCStatusCode.FAILED_PRECONDITION):
-                # A request Temporal refused: not an outage, so not worth retrying.
-                raise OmsError(ErrorCode.INVALID_REQUEST, exc.message) from exc
+                # A request Temporal refused: not an outage, so not worth retrying. Its text is
+                # Temporal's, so it is logged, not returned.
+                log.warning("temporal.request_refused", status=exc.status.name, error=exc.message)
+                raise OmsError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"the request for subscription {self.subscription_id} was refused as invalid",
+                ) from exc
             raise _unavailable(exc) from exc
 
 
@@ -625,4 +684,5 @@ def _not_found(subscription_id: str) -> OmsError:
 
 
 def _unavailable(err: RPCError) -> OmsError:
-    return OmsError(ErrorCode.TEMPORAL_UNAVAILABLE, f"Temporal is not reachable: {err.message}")
+    log.warning("temporal.unavailable", status=err.status.name, error=err.message)
+    return OmsError(ErrorCode.TEMPORAL_UNAVAILABLE, "Temporal is not reachable; retry in a moment")

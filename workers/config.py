@@ -38,6 +38,14 @@ class TemporalConfig(BaseModel):
     # Test clocks (starter/clock.py): per-workflow time skipping on the dev server. Never in
     # production: off unless the deployment turns it on (temporal-dev.yaml does, for `make dev`).
     test_clocks: bool = False
+    # A real cluster: TLS (server CA), mTLS (client certificate and key) and/or an API key
+    # (Temporal Cloud). Paths to PEM files; none of them has a default.
+    tls: bool = False
+    tls_server_ca_cert: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_server_name: str | None = None
+    api_key: str | None = None
 
 
 class DatabaseConfig(BaseModel):
@@ -56,6 +64,30 @@ class ApiConfig(BaseModel):
     port: int = 8000
 
 
+class AuthConfig(BaseModel):
+    """Credentials (starter/auth.py, docs/access.md).
+
+    ``environment`` is ``dev`` or ``production``. Signing keys are ``{key id: secret}``; tokens
+    are signed with ``active_key`` and verified with any listed key (rotation: add the new key,
+    make it active, drop the old one after ``token_ttl_s``). Production refuses to start without
+    a key of its own; the dev key exists only in temporal-dev.yaml.
+    """
+
+    environment: str = "production"
+    signing_keys: dict[str, str] = Field(default_factory=dict)
+    active_key: str | None = None
+    token_ttl_s: int = 3600
+    issuer: str = "subscription-oms"
+    # The principal the CLI acts as on a dev stack when no token is given (a dev operator).
+    dev_principal: str = "dev-operator"
+    # Requests per minute per principal and per client IP (the `limits` library); storage is
+    # memory:// (one process) or redis://host:port for several API processes.
+    rate_limit_principal: str = "600/minute"
+    rate_limit_ip: str = "1200/minute"
+    rate_limit_storage: str = "memory://"
+    max_body_bytes: int = 1_048_576
+
+
 class BillingConfig(BaseModel):
     upcoming_notice_days: int = 3
     default_timezone: str = "UTC"
@@ -67,6 +99,7 @@ class Config(BaseModel):
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
 
 # env var -> (section, key)
@@ -86,6 +119,19 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OMS_API_PORT": ("api", "port"),
     "OMS_UPCOMING_NOTICE_DAYS": ("billing", "upcoming_notice_days"),
     "OMS_DEFAULT_TIMEZONE": ("billing", "default_timezone"),
+    "OMS_TEMPORAL_TLS": ("temporal", "tls"),
+    "OMS_TEMPORAL_TLS_SERVER_CA_CERT": ("temporal", "tls_server_ca_cert"),
+    "OMS_TEMPORAL_TLS_CLIENT_CERT": ("temporal", "tls_client_cert"),
+    "OMS_TEMPORAL_TLS_CLIENT_KEY": ("temporal", "tls_client_key"),
+    "OMS_TEMPORAL_TLS_SERVER_NAME": ("temporal", "tls_server_name"),
+    "OMS_TEMPORAL_API_KEY": ("temporal", "api_key"),
+    "OMS_ENV": ("auth", "environment"),
+    "OMS_AUTH_ACTIVE_KEY": ("auth", "active_key"),
+    "OMS_TOKEN_TTL_S": ("auth", "token_ttl_s"),
+    "OMS_RATE_LIMIT_PRINCIPAL": ("auth", "rate_limit_principal"),
+    "OMS_RATE_LIMIT_IP": ("auth", "rate_limit_ip"),
+    "OMS_RATE_LIMIT_STORAGE": ("auth", "rate_limit_storage"),
+    "OMS_MAX_BODY_BYTES": ("auth", "max_body_bytes"),
 }
 
 
@@ -110,4 +156,14 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
         if var in env:
             value = env[var]
             data.setdefault(section, {})[key] = None if value == "" else value
+    # OMS_AUTH_SIGNING_KEYS="kid1:secret1,kid2:secret2" replaces the file's keys (never merged:
+    # production must not keep verifying with the dev key).
+    if env.get("OMS_AUTH_SIGNING_KEYS"):
+        keys: dict[str, str] = {}
+        for item in env["OMS_AUTH_SIGNING_KEYS"].split(","):
+            kid, sep, secret = item.strip().partition(":")
+            if not sep or not kid or not secret:
+                raise ValueError("OMS_AUTH_SIGNING_KEYS must be kid:secret[,kid:secret...]")
+            keys[kid] = secret
+        data.setdefault("auth", {})["signing_keys"] = keys
     return Config.model_validate(data)

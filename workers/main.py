@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
 from temporalio.worker import Worker
 
 from activities.db import create_db_engine
@@ -36,11 +38,31 @@ WORKFLOWS: Sequence[type] = (SubscriptionWorkflow,)
 
 
 async def connect(config: Config) -> Client:
-    """A Temporal client with the project's data converter (the one place it is configured)."""
+    """A Temporal client with the project's data converter (the one place it is configured).
+
+    A real cluster takes TLS (``temporal.tls``, a server CA), mTLS (a client certificate and key)
+    and/or an API key (Temporal Cloud) from the configuration. The namespace is an operator trust
+    boundary: whoever can reach it can signal and update workflows (docs/access.md).
+    """
+    t = config.temporal
+    tls: TLSConfig | bool = False
+    if t.tls or t.tls_server_ca_cert or t.tls_client_cert:
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        tls = TLSConfig(
+            server_root_ca_cert=read(t.tls_server_ca_cert),
+            client_cert=read(t.tls_client_cert),
+            client_private_key=read(t.tls_client_key),
+            domain=t.tls_server_name,
+        )
     return await Client.connect(
-        config.temporal.address,
-        namespace=config.temporal.namespace,
+        t.address,
+        namespace=t.namespace,
         data_converter=pydantic_data_converter,
+        tls=tls,
+        api_key=t.api_key,
     )
 
 

@@ -20,6 +20,7 @@ class ProvisionCustomer(BaseModel):
     email: str
     timezone: str
     payment_method_id: str
+    tenant_id: str = "default"
 
 
 class ProvisionedCustomer(BaseModel):
@@ -35,6 +36,7 @@ class SubscriptionSnapshot(BaseModel):
     customer_id: str
     plan_id: str
     interval: Interval
+    tenant_id: str = "default"
     currency: str
     unit_amount_minor: int
     quantity: int

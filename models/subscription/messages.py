@@ -120,6 +120,11 @@ class ApprovalDecision(BaseModel):
     approver: str
     reason: str
     channel: str = "api"
+    # The approver's groups as the principal store knows them (set by the API and CLI for the
+    # authenticated principal). None (the `temporal` CLI path, an operator trust boundary): the
+    # policy's approver_groups directory decides.
+    approver_groups: list[str] | None = None
+    tenant_id: str | None = None
 
 
 class ApprovalResult(BaseModel):

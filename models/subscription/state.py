@@ -55,10 +55,12 @@ class Terms(BaseModel):
 class Actor(BaseModel):
     """Who asked for something, through which channel, with which request id (for the audit)."""
 
-    actor: str = "system"
+    actor: str = "system"  # the authenticated principal's id (or "system", "policy", ...)
     channel: str = "system"
     request_id: str | None = None
     reason: str | None = None
+    tenant_id: str | None = None  # the principal's tenant (None: before tenants, or the system)
+    role: str | None = None  # the principal's role when it acted
 
 
 class OpenInvoice(BaseModel):
@@ -142,6 +144,7 @@ class SubscriptionState(BaseModel):
     customer_id: str
     email: str
     terms: Terms
+    tenant_id: str = "default"  # every row the subscription writes belongs to this tenant
     timezone: str = "UTC"
     start_date: date
     anchor: date  # A: billing dates B_n derive from it (trial end when there is a trial)

@@ -22,6 +22,7 @@ from models.ids import invoice_id, payment_idempotency_key
 from starter import kpis_api
 from starter.api import create_app
 from starter.simulate import app as simulate_cli
+from tests.support.auth import operator_headers, with_auth
 from workers.config import Config
 
 T0 = datetime(2027, 1, 1, tzinfo=UTC)
@@ -306,12 +307,14 @@ async def test_the_api_serves_the_kpis_of_a_range_and_refuses_an_empty_one(
     engine: Engine, db_url: str
 ) -> None:
     churned_after_four_renewals(Store(engine))
-    app = create_app(Config.model_validate({"database": {"url": db_url}}))
+    app = create_app(Config.model_validate(with_auth({"database": {"url": db_url}})))
     app.include_router(kpis_api.router)
 
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", headers=operator_headers(engine)
+        ) as client:
             ranged = await client.get(
                 "/kpis", params={"since": "2027-01-30", "until": "2027-03-02"}
             )

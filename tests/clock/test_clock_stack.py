@@ -35,6 +35,7 @@ from models.catalog import default_catalog
 from models.subscription import Actor
 from starter.api import create_app
 from starter.service import OmsService, SubscribeRequest
+from tests.support.auth import operator_headers, with_auth
 from tests.support.procs import ROOT
 from workers.config import Config
 from workers.main import Dependencies, build_worker
@@ -215,13 +216,18 @@ async def test_a_trial_subscription_on_a_clock_moves_five_months_through_oms(
 async def test_the_api_creates_reads_and_advances_a_clock(
     stack: ClockStack, engine: Engine, db_url: str
 ) -> None:
-    config = Config.model_validate({"database": {"url": db_url}, "temporal": {"test_clocks": True}})
+    config = Config.model_validate(
+        with_auth({"database": {"url": db_url}, "temporal": {"test_clocks": True}})
+    )
     app = create_app(config, service=stack.service)
     start = midnight_in(3)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api", timeout=120
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            timeout=120,
+            headers=operator_headers(engine),
         ) as api,
     ):
         made = await api.post("/clocks", json={"at": start.isoformat()})

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from starter.api import create_app
 from starter.intake import IntakeSettings
 from starter.intake_api import mount
+from tests.support.auth import operator_headers, with_auth
 from workers.config import Config
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -62,7 +63,12 @@ test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test despi
 
 def test_config(db_url: str, localstripe_url: str, api_key: str) -> Config:
     return Config.model_validate(
-        {"database": {"url": db_url}, "gateway": {"api_base": localstripe_url, "api_key": api_key}}
+        with_auth(
+            {
+                "database": {"url": db_url},
+                "gateway": {"api_base": localstripe_url, "api_key": api_key},
+            }
+        )
     )
 
 
@@ -77,5 +83,8 @@ async def intake_api(
     app = mount(create_app(config, service=service), settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = operator_headers(app.state.rt.engine)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", headers=headers
+        ) as client:
             yield client, app

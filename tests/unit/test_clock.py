@@ -28,6 +28,7 @@ from starter.clock import (
     parse_at,
 )
 from starter.service import OmsService, SubscribeRequest
+from tests.support.auth import operator_headers, with_auth
 from workers.config import Config, load_config
 
 
@@ -254,7 +255,7 @@ async def test_the_service_refuses_a_clock_when_off(engine: Engine) -> None:
 
 
 async def test_the_api_answers_403_when_clocks_are_off(engine: Engine, db_url: str) -> None:
-    config = Config.model_validate({"database": {"url": db_url}})
+    config = Config.model_validate(with_auth({"database": {"url": db_url}}))
     assert config.temporal.test_clocks is False
     service = OmsService(
         None,  # type: ignore[arg-type]  # never reached
@@ -265,7 +266,11 @@ async def test_the_api_answers_403_when_clocks_are_off(engine: Engine, db_url: s
     app = create_app(config, service=service)
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers=operator_headers(engine),
+        ) as api,
     ):
         for method, path, body in (
             ("POST", "/clocks", {}),

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from starter.api import create_app
+from tests.support.auth import headers_for, operator_headers, with_auth
 from tests.workflows.conftest import TEST_API_KEY, Stack
 from workers.config import Config
 
@@ -15,15 +16,20 @@ from workers.config import Config
 @pytest.fixture
 async def api(stack: Stack, db_url: str, localstripe_url: str) -> AsyncIterator[httpx.AsyncClient]:
     config = Config.model_validate(
-        {
-            "database": {"url": db_url},
-            "gateway": {"api_base": localstripe_url, "api_key": TEST_API_KEY},
-        }
+        with_auth(
+            {
+                "database": {"url": db_url},
+                "gateway": {"api_base": localstripe_url, "api_key": TEST_API_KEY},
+            }
+        )
     )
     app = create_app(config, service=stack.service)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = operator_headers(stack.store.engine)
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://api", headers=headers
+        ) as client:
             yield client
 
 
@@ -60,7 +66,7 @@ async def test_create_answers_201_with_first_invoice_and_is_listed_and_readable(
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     refused = await api.post(f"/subscriptions/{sub}/cancel", json={"at_period_end": True})
     assert refused.status_code in (404, 409)
-    assert refused.json()["error"]["code"] in ("SUBSCRIPTION_CANCELED", "SUBSCRIPTION_NOT_FOUND")
+    assert refused.json()["error"]["code"] in ("SUBSCRIPTION_CANCELED", "NOT_FOUND")
 
 
 @pytest.mark.parametrize(
@@ -105,7 +111,8 @@ async def test_bad_create_requests_get_a_stable_code_and_a_sentence(
 async def test_unknown_subscription_is_404_with_its_code(api: httpx.AsyncClient) -> None:
     resp = await api.get("/subscriptions/sub_missing000")
     assert resp.status_code == 404
-    assert resp.json()["error"]["code"] == "SUBSCRIPTION_NOT_FOUND"
+    # The same code as for another tenant's subscription: no existence leak.
+    assert resp.json()["error"]["code"] == "NOT_FOUND"
 
 
 async def test_health_reports_each_dependency(api: httpx.AsyncClient) -> None:
@@ -129,29 +136,40 @@ async def test_changes_and_approvals_through_the_api(api: httpx.AsyncClient, sta
     )
     sub = created.json()["subscription_id"]
 
-    up = await api.post(f"/subscriptions/{sub}/changes", json={"quantity": 21, "actor": "sam"})
+    engine = stack.store.engine
+    sam = headers_for(engine, "operator", "sam")
+    up = await api.post(f"/subscriptions/{sub}/changes", json={"quantity": 21}, headers=sam)
     assert up.status_code == 200, up.text
     body = up.json()
     assert body["outcome"] == "applied" and body["request_id"]
+
     assert [line["amount_minor"] < 0 for line in body["lines"]] == [True, False]
 
     down = await api.post(
         f"/subscriptions/{sub}/changes",
-        json={"quantity": 5, "actor": "sam", "request_id": "api-dec"},
+        json={"quantity": 5, "request_id": "api-dec"},
+        headers=sam,
     )
     assert down.json()["outcome"] == "pending_approval"
-    listed = (await api.get("/approvals", params={"approver": "bob"})).json()
-    assert [(a["request_id"], a["subscription_id"]) for a in listed] == [("api-dec", sub)]
+    rid = down.json()["request_id"]  # the client's key, scoped to its principal
+    bob = headers_for(engine, "approver", "bob", groups=("billing-approvers",))
+    listed = (await api.get("/approvals", headers=bob)).json()
+    assert [(a["request_id"], a["subscription_id"]) for a in listed] == [(rid, sub)]
     assert listed[0]["deadline"]
+    assert listed[0]["requested_by"] == "sam"
 
-    wrong = await api.post("/approvals/api-dec/approve", json={"approver": "sam", "reason": "me"})
+    # sam, now also an approver of the group, may not approve sam's own request.
+    sam_approver = headers_for(engine, "approver", "sam", groups=("billing-approvers",))
+    wrong = await api.post(f"/approvals/{rid}/approve", json={"reason": "me"}, headers=sam_approver)
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == "SELF_APPROVAL"
-    ok = await api.post("/approvals/api-dec/approve", json={"approver": "bob", "reason": "fine"})
+    ok = await api.post(f"/approvals/{rid}/approve", json={"reason": "fine"}, headers=bob)
     assert ok.status_code == 200 and ok.json()["status"] == "approved"
     pending = (await api.get(f"/subscriptions/{sub}/pending")).json()
-    assert [c["request_id"] for c in pending["scheduled"]] == ["api-dec"]
-    withdrawn = await api.delete(f"/subscriptions/{sub}/pending/api-dec")
+    assert [c["request_id"] for c in pending["scheduled"]] == [rid]
+    withdrawn = await api.delete(f"/subscriptions/{sub}/pending/{rid}")
     assert withdrawn.status_code == 200 and withdrawn.json()["scheduled"] == []
+    audit = (await api.get(f"/subscriptions/{sub}/audit")).json()
+    assert {"sam", "bob"} <= {row["actor"] for row in audit}
 
     new_pm = stack.gateway.create_test_payment_method("4242424242424242")
     updated = await api.post(

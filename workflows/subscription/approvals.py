@@ -61,12 +61,18 @@ class Approvals:
             raise AssertionError("unreachable")
         if not decision.reason.strip():
             raise ApplicationError("a decision needs a reason", type=ErrorCode.INVALID_REQUEST)
+        memberships = (
+            None
+            if decision.approver_groups is None
+            else {g: [decision.approver] for g in decision.approver_groups}
+        )
         try:
             self.sub.policy().approver_may_decide(
                 approver=decision.approver,
                 requester=approval.requested_by.actor,
                 segment=self.sub.st.segment,  # type: ignore[arg-type]
                 plan_id=self.sub.st.terms.plan_id,
+                memberships=memberships,
             )
         except OmsError as err:
             raise ApplicationError(err.message, type=err.code) from None

@@ -156,6 +156,7 @@ class Sub:
         return SubscriptionSnapshot(
             subscription_id=st.subscription_id,
             customer_id=st.customer_id,
+            tenant_id=st.tenant_id,
             plan_id=st.terms.plan_id,
             interval=st.terms.interval,
             currency=st.terms.currency,

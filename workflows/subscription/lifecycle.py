@@ -39,6 +39,7 @@ class Lifecycle:
                 email=st.email,
                 timezone=st.timezone,
                 payment_method_id=payment_method_id,
+                tenant_id=st.tenant_id,
             )
         )
 

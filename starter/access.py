@@ -1,0 +1,326 @@
+"""Every operation as an authenticated principal may do it: the one place access is decided.
+
+The HTTP API and the CLI authenticate (starter.auth), then call :class:`Access`, never
+:class:`~starter.service.OmsService` directly. ``Access`` asks for the permission the operation
+needs, hides what the principal may not see (another tenant's object, another customer's for a
+customer, answers ``NOT_FOUND`` exactly like an id nobody has), takes identity only from the
+principal (actor, tenant, customer, approver and its groups), and scopes and binds idempotency
+keys. ``OmsService`` stays the trusted core the workers, tests and the simulator use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
+
+from activities.auth_store import AuthStore
+from activities.tables import Subscription
+from models.errors import ErrorCode, OmsError
+from models.identity import Permission, Principal, Role, not_found, scoped_key
+from models.subscription import (
+    Actor,
+    ApprovalResult,
+    CancelResult,
+    ChangeResult,
+    PauseResult,
+    PaymentMethodResult,
+    PendingView,
+    StartResult,
+    SubscriptionView,
+    Timeline,
+)
+from starter.service import OmsService, SubscribeRequest
+
+P = Permission
+
+
+def fingerprint(operation: str, payload: Any) -> str:
+    """A digest of a request's content: the same key must come back with the same request."""
+    text = json.dumps([operation, payload], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Access:
+    """The operations of :class:`OmsService` for one authenticated principal."""
+
+    def __init__(
+        self, service: OmsService, auth_store: AuthStore, principal: Principal, channel: str
+    ) -> None:
+        self.service = service
+        self.auth_store = auth_store
+        self.principal = principal
+        self.channel = channel
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def actor(self, reason: str | None = None, request_id: str | None = None) -> Actor:
+        p = self.principal
+        return Actor(
+            actor=p.id,
+            channel=self.channel,
+            reason=reason,
+            request_id=request_id,
+            tenant_id=p.tenant_id,
+            role=p.role.value,
+        )
+
+    def key(self, client_key: str | None, operation: str, payload: Any) -> str | None:
+        """The client's idempotency key scoped to this principal and bound to this request."""
+        if not client_key:
+            return None
+        if len(client_key) > 255:
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST, "an idempotency key has at most 255 characters"
+            )
+        scoped = scoped_key(self.principal, client_key)
+        self.auth_store.bind_idempotency_key(
+            scoped, self.principal, operation, fingerprint(operation, payload)
+        )
+        return scoped
+
+    def subscription_row(self, subscription_id: str) -> Subscription:
+        """The subscription if this principal may see it; ``NOT_FOUND`` otherwise."""
+        row = (
+            self.service.store.get_subscription(subscription_id)
+            if len(subscription_id) <= 64
+            else None
+        )
+        if row is None or not self.principal.sees(row.tenant_id, row.customer_id):
+            raise not_found("subscription", subscription_id)
+        return row
+
+    def _visible(self, permission: Permission, subscription_id: str) -> Subscription:
+        self.principal.require(permission)
+        return self.subscription_row(subscription_id)
+
+    @staticmethod
+    @asynccontextmanager
+    async def _live(subscription_id: str) -> AsyncIterator[None]:
+        """A visible subscription whose workflow is gone has ended: say so (409), not 404."""
+        try:
+            yield
+        except OmsError as err:
+            if err.code != ErrorCode.SUBSCRIPTION_NOT_FOUND:
+                raise
+            raise OmsError(
+                ErrorCode.SUBSCRIPTION_CANCELED,
+                f"subscription {subscription_id} has ended; nothing can change it any more",
+            ) from None
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(
+        self, req: SubscribeRequest, idempotency_key: str | None = None
+    ) -> StartResult:
+        p = self.principal
+        p.require(P.SUBSCRIPTIONS_CREATE)
+        if req.clock_id is not None:
+            p.require(P.CLOCKS_MANAGE)
+        if p.role == Role.CUSTOMER and req.trial_days is not None:
+            plan = self.service.catalog.plan(req.plan_id)
+            if req.trial_days != plan.trial_days:
+                raise OmsError(
+                    ErrorCode.FORBIDDEN,
+                    f"the trial length comes from the plan ({plan.trial_days} days); leave "
+                    "trial_days out",
+                )
+        client_key = idempotency_key or req.request_id
+        body = req.model_dump(mode="json", exclude={"request_id"})
+        scoped = self.key(client_key, "subscribe", body)
+        req = req.model_copy(update={"request_id": scoped})
+        return await self.service.subscribe(
+            req,
+            self.actor(request_id=scoped),
+            tenant_id=p.tenant_id,
+            customer_id=p.customer_id if p.role == Role.CUSTOMER else None,
+        )
+
+    async def status(self, subscription_id: str) -> SubscriptionView | dict[str, Any]:
+        self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
+        return await self.service.status(subscription_id)
+
+    async def timeline(self, subscription_id: str) -> Timeline:
+        self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
+        async with self._live(subscription_id):
+            return await self.service.timeline(subscription_id)
+
+    def list_subscriptions(
+        self,
+        *,
+        status: str | None = None,
+        customer_id: str | None = None,
+        plan_id: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        p = self.principal
+        p.require(P.SUBSCRIPTIONS_READ)
+        if p.role == Role.CUSTOMER:
+            if customer_id is not None and customer_id != p.customer_id:
+                return []
+            customer_id = p.customer_id
+        return self.service.list_subscriptions(
+            status=status,
+            customer_id=customer_id,
+            plan_id=plan_id,
+            limit=limit,
+            tenant_id=p.tenant_id,
+        )
+
+    def invoices(self, subscription_id: str) -> list[dict[str, Any]]:
+        self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
+        return self.service.invoices(subscription_id)
+
+    def audit(self, subscription_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The subscription's audit trail, oldest first."""
+        self._visible(P.AUDIT_READ, subscription_id)
+        return self.service.audit(subscription_id, limit=limit)
+
+    async def cancel(
+        self,
+        subscription_id: str,
+        at_period_end: bool | None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> CancelResult:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        payload = {"subscription": subscription_id, "at_period_end": at_period_end}
+        rid = self.key(idempotency_key, "cancel", {**payload, "reason": reason})
+        async with self._live(subscription_id):
+            return await self.service.cancel(
+                subscription_id, at_period_end, self.actor(reason, rid)
+            )
+
+    async def uncancel(
+        self, subscription_id: str, reason: str | None = None, idempotency_key: str | None = None
+    ) -> CancelResult:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        rid = self.key(idempotency_key, "uncancel", {"subscription": subscription_id})
+        async with self._live(subscription_id):
+            return await self.service.uncancel(subscription_id, self.actor(reason, rid))
+
+    async def retry(
+        self, subscription_id: str, reason: str | None = None
+    ) -> SubscriptionView | dict[str, Any]:
+        self._visible(P.SUBSCRIPTIONS_RETRY, subscription_id)
+        async with self._live(subscription_id):
+            return await self.service.retry(subscription_id, self.actor(reason))
+
+    async def change(
+        self,
+        subscription_id: str,
+        *,
+        plan_id: str | None,
+        quantity: int | None,
+        interval: str | None,
+        when: str | None,
+        request_id: str | None = None,
+    ) -> ChangeResult:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        payload = {
+            "subscription": subscription_id,
+            "plan_id": plan_id,
+            "quantity": quantity,
+            "interval": interval,
+            "when": when,
+        }
+        rid = self.key(request_id, "change", payload)
+        async with self._live(subscription_id):
+            return await self.service.change(
+                subscription_id,
+                plan_id=plan_id,
+                quantity=quantity,
+                interval=interval,
+                when=when,
+                by=self.actor(request_id=rid),
+                request_id=rid,
+            )
+
+    async def pending(self, subscription_id: str) -> PendingView:
+        self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
+        async with self._live(subscription_id):
+            return await self.service.pending(subscription_id)
+
+    async def withdraw(self, subscription_id: str, request_id: str) -> PendingView:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        async with self._live(subscription_id):
+            return await self.service.withdraw(subscription_id, request_id, self.actor())
+
+    async def pause(
+        self, subscription_id: str, resume_on: date | None, request_id: str | None = None
+    ) -> PauseResult:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        payload = {"subscription": subscription_id, "resume_on": resume_on}
+        rid = self.key(request_id, "pause", payload)
+        async with self._live(subscription_id):
+            return await self.service.pause(
+                subscription_id, resume_on, self.actor(request_id=rid), rid
+            )
+
+    async def resume(
+        self, subscription_id: str, reason: str | None = None, idempotency_key: str | None = None
+    ) -> PauseResult:
+        self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        rid = self.key(idempotency_key, "resume", {"subscription": subscription_id})
+        async with self._live(subscription_id):
+            return await self.service.resume(subscription_id, self.actor(reason, rid))
+
+    async def update_payment_method(
+        self, subscription_id: str, payment_method_id: str
+    ) -> PaymentMethodResult:
+        self._visible(P.PAYMENT_METHODS_UPDATE, subscription_id)
+        async with self._live(subscription_id):
+            return await self.service.update_payment_method(
+                subscription_id, payment_method_id, self.actor()
+            )
+
+    # --- approvals -----------------------------------------------------------------------
+
+    def _approval_visible(self, row: dict[str, Any]) -> bool:
+        p = self.principal
+        if (row.get("tenant_id") or "default") != p.tenant_id:
+            return False
+        if p.role == Role.APPROVER:
+            return bool(set(row["groups"]) & set(p.groups))
+        return True
+
+    def approvals(self, *, status: str | None = "pending") -> list[dict[str, Any]]:
+        """For an approver: the requests of its groups; for an operator: all of its tenant."""
+        self.principal.require(P.APPROVALS_READ)
+        rows = self.service.approvals(status=status, tenant_id=self.principal.tenant_id)
+        return [r for r in rows if self._approval_visible(r)]
+
+    def approval(self, request_id: str) -> dict[str, Any]:
+        self.principal.require(P.APPROVALS_READ)
+        try:
+            row = self.service.approval(request_id)
+        except OmsError as err:
+            if err.code == ErrorCode.REQUEST_NOT_FOUND:
+                raise not_found("approval request", request_id) from None
+            raise
+        if not self._approval_visible(row):
+            raise not_found("approval request", request_id)
+        return row
+
+    async def decide(self, request_id: str, *, approve: bool, reason: str) -> ApprovalResult:
+        """Decide as this principal: its id is the approver, its groups come from the store."""
+        p = self.principal
+        p.require(P.APPROVALS_DECIDE)
+        row = self.approval(request_id)
+        return await self.service.decide(
+            row["request_id"],
+            approve=approve,
+            approver=p.id,
+            reason=reason,
+            channel=self.channel,
+            approver_groups=list(p.groups),
+            tenant_id=p.tenant_id,
+        )
+
+    # --- operations ----------------------------------------------------------------------
+
+    def require(self, permission: Permission) -> None:
+        self.principal.require(permission)
