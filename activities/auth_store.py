@@ -156,10 +156,11 @@ class AuthStore:
     def bind_idempotency_key(
         self, scoped_key: str, principal: Principal, operation: str, fingerprint: str
     ) -> None:
-        """Bind a scoped key to its request on first use; refuse it for a different request.
+        """Bind a key to its principal and request on first use; refuse it for any other.
 
         Raises:
-            OmsError: ``IDEMPOTENCY_KEY_REUSED`` when the key named another request before.
+            OmsError: ``IDEMPOTENCY_KEY_REUSED`` when the key named another request, or was
+                used by another principal, before.
         """
         row = IdempotencyKeyRow(
             scoped_key=scoped_key,
@@ -180,7 +181,12 @@ class AuthStore:
                     s.rollback()
                     existing = s.get(IdempotencyKeyRow, scoped_key)
                     assert existing is not None
-        if existing.operation != operation or existing.fingerprint != fingerprint:
+        if (
+            existing.principal_id != principal.id
+            or existing.tenant_id != principal.tenant_id
+            or existing.operation != operation
+            or existing.fingerprint != fingerprint
+        ):
             raise OmsError(
                 ErrorCode.IDEMPOTENCY_KEY_REUSED,
                 "this Idempotency-Key was already used for a different request; send a new key "

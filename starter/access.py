@@ -68,19 +68,37 @@ class Access:
             role=p.role.value,
         )
 
-    def key(self, client_key: str | None, operation: str, payload: Any) -> str | None:
-        """The client's idempotency key scoped to this principal and bound to this request."""
+    def key(
+        self,
+        client_key: str | None,
+        operation: str,
+        payload: Any,
+        subscription_id: str | None = None,
+    ) -> str | None:
+        """Bind the client's idempotency key to this principal and this request.
+
+        A creation (no ``subscription_id``) gets the key scoped to the principal: the same key
+        from two principals names two subscriptions. A request on a subscription keeps the
+        client's key as its request id (approvers and ``oms pending`` show it), bound to the
+        subscription and its first principal: another principal's use, or another body, is
+        ``IDEMPOTENCY_KEY_REUSED``, so nobody ever gets someone else's result.
+        """
         if not client_key:
             return None
-        if len(client_key) > 255:
+        limit = 255 if subscription_id is None else 64
+        if len(client_key) > limit:
             raise OmsError(
-                ErrorCode.INVALID_REQUEST, "an idempotency key has at most 255 characters"
+                ErrorCode.INVALID_REQUEST,
+                f"an idempotency key or request id has at most {limit} characters",
             )
-        scoped = scoped_key(self.principal, client_key)
-        self.auth_store.bind_idempotency_key(
-            scoped, self.principal, operation, fingerprint(operation, payload)
-        )
-        return scoped
+        p = self.principal
+        if subscription_id is None:
+            binding = result = scoped_key(p, client_key)
+        else:
+            text = f"{p.tenant_id}\x1f{subscription_id}\x1f{client_key}"
+            binding, result = "s" + hashlib.sha256(text.encode()).hexdigest()[:40], client_key
+        self.auth_store.bind_idempotency_key(binding, p, operation, fingerprint(operation, payload))
+        return result
 
     def subscription_row(self, subscription_id: str) -> Subscription:
         """The subscription if this principal may see it; ``NOT_FOUND`` otherwise."""
@@ -188,7 +206,7 @@ class Access:
     ) -> CancelResult:
         self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
         payload = {"subscription": subscription_id, "at_period_end": at_period_end}
-        rid = self.key(idempotency_key, "cancel", {**payload, "reason": reason})
+        rid = self.key(idempotency_key, "cancel", {**payload, "reason": reason}, subscription_id)
         async with self._live(subscription_id):
             return await self.service.cancel(
                 subscription_id, at_period_end, self.actor(reason, rid)
@@ -198,7 +216,9 @@ class Access:
         self, subscription_id: str, reason: str | None = None, idempotency_key: str | None = None
     ) -> CancelResult:
         self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
-        rid = self.key(idempotency_key, "uncancel", {"subscription": subscription_id})
+        rid = self.key(
+            idempotency_key, "uncancel", {"subscription": subscription_id}, subscription_id
+        )
         async with self._live(subscription_id):
             return await self.service.uncancel(subscription_id, self.actor(reason, rid))
 
@@ -227,7 +247,7 @@ class Access:
             "interval": interval,
             "when": when,
         }
-        rid = self.key(request_id, "change", payload)
+        rid = self.key(request_id, "change", payload, subscription_id)
         async with self._live(subscription_id):
             return await self.service.change(
                 subscription_id,
@@ -254,7 +274,7 @@ class Access:
     ) -> PauseResult:
         self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
         payload = {"subscription": subscription_id, "resume_on": resume_on}
-        rid = self.key(request_id, "pause", payload)
+        rid = self.key(request_id, "pause", payload, subscription_id)
         async with self._live(subscription_id):
             return await self.service.pause(
                 subscription_id, resume_on, self.actor(request_id=rid), rid
@@ -264,7 +284,9 @@ class Access:
         self, subscription_id: str, reason: str | None = None, idempotency_key: str | None = None
     ) -> PauseResult:
         self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
-        rid = self.key(idempotency_key, "resume", {"subscription": subscription_id})
+        rid = self.key(
+            idempotency_key, "resume", {"subscription": subscription_id}, subscription_id
+        )
         async with self._live(subscription_id):
             return await self.service.resume(subscription_id, self.actor(reason, rid))
 

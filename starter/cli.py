@@ -20,6 +20,8 @@ from models.errors import ErrorCode, OmsError
 from models.identity import DEFAULT_TENANT, Permission, Role
 from models.money import format_money
 from starter.access import Access
+from starter.admin_cli import app as admin_app
+from starter.admin_cli import whoami
 from starter.intake_cli import app as intake_app
 from starter.output import JsonOpt, emit_json, fail, plain, run_access, set_token, table
 from starter.quote import app as quote_app
@@ -40,11 +42,8 @@ dev_app = typer.Typer(
     help="Local development helpers (never for production).", no_args_is_help=True
 )
 app.add_typer(dev_app, name="dev")
-admin_app = typer.Typer(
-    help="Tenants, principals, API keys and tokens (the admin role; docs/access.md).",
-    no_args_is_help=True,
-)
 app.add_typer(admin_app, name="admin")
+app.command("whoami")(whoami)
 
 
 @app.callback()

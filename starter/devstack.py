@@ -354,7 +354,10 @@ def summary_text(config: Config) -> str:
             "Temporal gRPC",
             f"{temporal_target(config)}  (namespace {t.namespace}, task queue {t.task_queue})",
         ),
-        ("API", f"{api}  (docs: {api}/docs)"),
+        (
+            "API",
+            f"{api}  (docs: {api}/docs; Authorization: Bearer $(oms dev token --role operator))",
+        ),
         (
             "Gateway",
             f"{gateway_url(config)}  (localstripe, state {config.gateway.localstripe_state})",
@@ -370,6 +373,7 @@ def summary_text(config: Config) -> str:
         "Try it (in another terminal):",
         "  oms dev card 4242424242424242      # a test card at the gateway",
         "  oms subscribe ...                  # then subscribe (oms subscribe --help)",
+        "  oms dev token --role approver --principal carol   # act as someone else: OMS_TOKEN=...",
     ]
     if config.temporal.test_clocks:
         lines.append("  oms clock create                   # a test clock (docs/test-clocks.md)")
@@ -658,11 +662,11 @@ def ensure_search_attributes(config: Config) -> list[str]:
 
 
 def api_answers(config: Config) -> bool:
-    """True once ``GET /health`` gets any HTTP response."""
+    """True once ``GET /health/live`` gets any HTTP response."""
     import httpx
 
     try:
-        httpx.get(f"{api_url(config)}/health", timeout=2.0, trust_env=False)
+        httpx.get(f"{api_url(config)}/health/live", timeout=2.0, trust_env=False)
     except httpx.HTTPError:
         return False
     return True

@@ -842,8 +842,12 @@ def kpis(
     until: str = typer.Option(None, help="First billing date excluded (YYYY-MM-DD)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Renewal success, first-attempt failures, recovery by dunning step, churn (from the DB)."""
+    """Renewal success, first-attempt failures, recovery by dunning step, churn (from the DB),
+    of the caller's tenant (an operator)."""
+    from activities.auth_store import AuthStore
+    from models.identity import Permission
     from starter.cli import emit_json, table
+    from starter.output import cli_principal
     from workers.config import load_config
 
     _configure_cli_logging()
@@ -852,8 +856,11 @@ def kpis(
         start, end = _parse_day(since, "--since"), _parse_day(until, "--until")
         if start is not None and end is not None and start >= end:
             raise OmsError(ErrorCode.INVALID_REQUEST, "--since must be before --until")
-        engine = create_db_engine(load_config().database.url)
-        report = kpi_report(Store(engine), start, end)
+        config = load_config()
+        engine = create_db_engine(config.database.url)
+        principal = cli_principal(config, AuthStore(engine))
+        principal.require(Permission.KPIS_READ)
+        report = kpi_report(Store(engine), start, end, principal.tenant_id)
     except OmsError as err:
         _fail(err, as_json)
     except SQLAlchemyError as err:

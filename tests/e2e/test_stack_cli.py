@@ -36,16 +36,26 @@ class RunningStack:
     temporal: str
     output: list[str]
 
-    def oms(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def oms(
+        self, *args: str, check: bool = True, token: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``oms ARGS`` as the dev operator, or as ``token``'s principal (``OMS_TOKEN``)."""
+        env = self.env if token is None else {**self.env, "OMS_TOKEN": token}
         proc = subprocess.run(
-            [*OMS, *args], env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=60
+            [*OMS, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
         )
         if check and proc.returncode != 0:
             raise AssertionError(f"oms {' '.join(args)} failed: {proc.stdout}\n{proc.stderr}")
         return proc
 
-    def oms_json(self, *args: str) -> Any:
-        return json.loads(self.oms(*args, "--json").stdout)
+    def oms_json(self, *args: str, token: str | None = None) -> Any:
+        return json.loads(self.oms(*args, "--json", token=token).stdout)
+
+    def token(self, *args: str) -> str:
+        """``oms dev token ARGS``: prints only the token."""
+        out = self.oms("dev", "token", *args).stdout
+        assert out.count("\n") == 1 and out.startswith("ey"), out
+        return out.strip()
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +156,16 @@ def test_subscribe_through_the_cli_shows_in_list_api_and_temporal_visibility(
     timeline = stack.oms_json("timeline", sub)
     assert [e["kind"] for e in timeline["events"]][:2] == ["upcoming_charge_notice", "renewal"]
 
-    api = httpx.get(f"{stack.api}/subscriptions/{sub}", timeout=10)
+    anonymous = httpx.get(f"{stack.api}/subscriptions/{sub}", timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "UNAUTHENTICATED"
+    bearer = {"Authorization": f"Bearer {stack.token('--role', 'operator')}"}
+    api = httpx.get(f"{stack.api}/subscriptions/{sub}", headers=bearer, timeout=10)
     assert api.status_code == 200 and api.json()["status"] == "active"
-    health = httpx.get(f"{stack.api}/health", timeout=10).json()
+    health = httpx.get(f"{stack.api}/health", headers=bearer, timeout=10).json()
     assert health["ok"], health
+    audit = stack.oms_json("audit", sub)
+    assert audit[0]["actor"] == "dev-operator" and audit[0]["channel"] == "cli"
 
     # The Web UI lists it by its search attributes (visibility is eventually consistent).
     # Every run of the continue-as-new chain carries the attributes: ask for the live one.
@@ -217,7 +233,7 @@ def test_cli_errors_exit_non_zero_with_code_on_stderr_or_in_json(
     assert as_json.returncode != 0
     assert json.loads(as_json.stdout)["error"]["code"] == "CARD_NUMBER_REFUSED"
     missing = stack.oms("status", "sub_nothere0", check=False)
-    assert missing.returncode != 0 and "SUBSCRIPTION_NOT_FOUND" in missing.stderr
+    assert missing.returncode != 0 and "error NOT_FOUND" in missing.stderr
     card = stack.oms("dev", "card", "1234", check=False)
     assert card.returncode != 0 and card.stderr.startswith("error INVALID_REQUEST")
 
@@ -241,12 +257,13 @@ def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
         pm,
     )["subscription_id"]
 
-    up = stack.oms_json("change", sub, "--plan", "business", "--quantity", "20", "--as", "sam")
+    sam = stack.token("--role", "operator", "--principal", "sam")
+    up = stack.oms_json("change", sub, "--plan", "business", "--quantity", "20", token=sam)
     assert up["outcome"] == "applied" and up["request_id"] and up["effective_date"]
     assert [line["amount_minor"] < 0 for line in up["lines"]] == [True, False]
     assert all({"description", "amount_minor"} <= set(line) for line in up["lines"])
 
-    down = stack.oms_json("change", sub, "--quantity", "5", "--as", "sam", "--request-id", "e2e-1")
+    down = stack.oms_json("change", sub, "--quantity", "5", "--request-id", "e2e-1", token=sam)
     assert down["outcome"] == "pending_approval" and down["request_id"] == "e2e-1"
     listed = stack.oms_json("approvals", "list")
     assert {"request_id": "e2e-1", "subscription_id": sub}.items() <= next(
@@ -254,10 +271,13 @@ def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
     ).items()
     assert next(a for a in listed if a["request_id"] == "e2e-1")["deadline"]
 
-    refused = stack.oms(
-        "approvals", "approve", "e2e-1", "--as", "sam", "--reason", "mine", check=False
-    )
+    # sam, made an approver of the group, still may not approve sam's own request.
+    sam = stack.token("--role", "approver", "--principal", "sam", "--groups", "billing-approvers")
+    refused = stack.oms("approvals", "approve", "e2e-1", "--reason", "mine", check=False, token=sam)
     assert refused.returncode != 0 and "SELF_APPROVAL" in refused.stderr
+    customer = stack.token("--role", "customer", "--customer", "cust_someone_else")
+    hidden = stack.oms("status", sub, check=False, token=customer)
+    assert hidden.returncode != 0 and "NOT_FOUND" in hidden.stderr
 
     # Ops can send the same decision with the temporal CLI (README: "Approving from the CLI").
     decided = subprocess.run(
