@@ -142,3 +142,17 @@ def scoped_key(principal: Principal, key: str) -> str:
 def not_found(kind: str, object_id: str) -> OmsError:
     """The one answer for an id nobody has and for one the caller may not see."""
     return OmsError(ErrorCode.NOT_FOUND, f"no {kind} {object_id}")
+
+
+def permission_table() -> str:
+    """The grants as a Markdown table, role x permission (docs/access.md shows this one)."""
+    grants = role_permissions()
+    roles = list(Role)
+    lines = [
+        "| permission | " + " | ".join(r.value for r in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for perm in Permission:
+        marks = " | ".join("yes" if perm in grants[r] else "" for r in roles)
+        lines.append(f"| `{perm.value}` | {marks} |")
+    return "\n".join(lines)

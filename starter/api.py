@@ -513,7 +513,11 @@ def main() -> None:
 
     configure_logging()
     config = load_config()
-    uvicorn.run(create_app(config), host=config.api.host, port=config.api.port, log_config=None)
+    try:
+        app = create_app(config)
+    except OmsError as err:  # production without its own signing key: refuse to start
+        raise SystemExit(f"error {err.code.value}: {err.message}") from None
+    uvicorn.run(app, host=config.api.host, port=config.api.port, log_config=None)
 
 
 if __name__ == "__main__":

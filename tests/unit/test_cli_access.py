@@ -126,3 +126,15 @@ def test_admin_commands_need_an_admin_and_manage_principals_and_keys(dev_db: Eng
     assert oms("--token", admin, "admin", "disable", "root").exit_code == 0
     gone = oms("--token", admin, "whoami", "--json")
     assert json.loads(gone.stdout)["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_the_documented_permission_table_is_the_one_in_roles_yaml() -> None:
+    from pathlib import Path
+
+    from models.identity import permission_table
+
+    doc = Path("docs/access.md").read_text()
+    documented = doc.split("<!-- permission-table -->\n")[1].split("\n<!-- /permission-table -->")[
+        0
+    ]
+    assert documented == permission_table()
