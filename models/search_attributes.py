@@ -14,6 +14,8 @@ NEXT_BILLING_AT = SearchAttributeKey.for_datetime("NextBillingAt")
 DUNNING_STAGE = SearchAttributeKey.for_keyword("DunningStage")
 PENDING_APPROVAL = SearchAttributeKey.for_bool("PendingApproval")
 NEEDS_ATTENTION = SearchAttributeKey.for_bool("NeedsAttention")
+# The subscription's tenant, set at start; never changes (operators filter a tenant's fleet).
+TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 # Set at start on subscriptions attached to a test clock (starter/clock.py); never changes.
 TEST_CLOCK_ID = SearchAttributeKey.for_keyword("TestClockId")
 
@@ -26,4 +28,5 @@ ALL = (
     PENDING_APPROVAL,
     NEEDS_ATTENTION,
     TEST_CLOCK_ID,
+    TENANT_ID,
 )

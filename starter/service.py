@@ -277,6 +277,7 @@ class OmsService:
             SearchAttributePair(sa.CUSTOMER_ID, state.customer_id),
             SearchAttributePair(sa.PLAN_ID, state.terms.plan_id),
             SearchAttributePair(sa.SUBSCRIPTION_STATUS, state.status.value),
+            SearchAttributePair(sa.TENANT_ID, state.tenant_id),
         ]
         if req.clock_id is not None:
             attributes.append(SearchAttributePair(sa.TEST_CLOCK_ID, req.clock_id))

@@ -23,6 +23,7 @@ DEFAULT_SEARCH_ATTRIBUTES = {
     "PendingApproval": "Bool",
     "NeedsAttention": "Bool",
     "TestClockId": "Keyword",
+    "TenantId": "Keyword",
 }
 
 

@@ -171,7 +171,7 @@ def test_subscribe_through_the_cli_shows_in_list_api_and_temporal_visibility(
     # Every run of the continue-as-new chain carries the attributes: ask for the live one.
     query = (
         f"CustomerId='{created['customer_id']}' AND SubscriptionStatus='active' "
-        "AND PlanId='pro' AND ExecutionStatus='Running'"
+        "AND PlanId='pro' AND TenantId='default' AND ExecutionStatus='Running'"
     )
     deadline = time.monotonic() + 20
     while True:
