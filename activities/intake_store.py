@@ -7,6 +7,14 @@ stock and credit reserved, so two concurrent orders can never both take the last
 last of a credit line. On SQLite the first statement is a write, so the transaction holds the
 database's write lock from its start (SQLite serialises writers); on PostgreSQL the row locks of
 the ``UPDATE`` statements do the same per SKU and account.
+
+Tenancy: every order, dead letter and credit account carries its tenant, and every read takes the
+caller's tenant (``tenant_id``, the default tenant when not given): another tenant's rows are
+never returned, locked or reserved. Orders are keyed by their ``order_id``, which digests the
+tenant and the principal that sent them (``models.orders``). Stock is global, like the catalog.
+
+Text that came from a payload (dead-letter payloads, headers and reasons, an order's ids, plan,
+message and answer) is stored with card-like numbers masked (``models.redact``).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -33,8 +41,10 @@ from activities.intake_tables import (
     InventoryReservation,
 )
 from activities.tables import utcnow
+from models.identity import DEFAULT_TENANT
 from models.intake_rules import CreditFacts, Decision, IntakeFacts, StockFacts
-from models.orders import CanonicalOrder, order_key
+from models.orders import CanonicalOrder
+from models.redact import redact_cards
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +57,14 @@ class OrderStatus(StrEnum):
     DISCARDED = "discarded"
 
 
+# An order in one of these states may have started (or be starting) its subscription: sending its
+# id again with other terms is refused (CONFLICT). A rejected order started nothing, so a corrected
+# copy is judged again.
+BOUND_STATUSES = frozenset(
+    {OrderStatus.PENDING, OrderStatus.ACCEPTED, OrderStatus.DEAD_LETTERED, OrderStatus.DISCARDED}
+)
+
+
 class DeadLetterStatus(StrEnum):
     OPEN = "open"
     REPLAYED = "replayed"
@@ -57,6 +75,7 @@ class ClaimOutcome(StrEnum):
     DUPLICATE = "duplicate"  # accepted before: answer with the stored result
     REJECTED = "rejected"  # a rule fired; recorded
     CLAIMED = "claimed"  # recorded as pending with stock and credit reserved: start it
+    CONFLICT = "conflict"  # the same order id came before with other terms: nothing changed
 
 
 @dataclass(frozen=True)
@@ -70,7 +89,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class DeadLetterDraft:
-    """A dead letter to record (or to fold into the open one with the same key)."""
+    """A dead letter to record (or to fold into the open one with the same key).
+
+    ``tenant_id`` and ``principal_id`` are the scope of the request that failed (a replay acts for
+    that principal); ``order_id`` is the order's when the payload named one (``order_key`` is how
+    people name it, ``channel:channel_order_id``).
+    """
 
     channel: str
     payload: str
@@ -83,19 +107,39 @@ class DeadLetterDraft:
     attempts: int = 1
     priority: int = 0
     order_key: str | None = None
+    tenant_id: str = DEFAULT_TENANT
+    principal_id: str | None = None
+    order_id: str | None = None
 
     @property
     def dedupe_key(self) -> str:
-        """The order's key, or a digest of the payload when it has none."""
-        if self.order_key:
-            return self.order_key
-        digest = hashlib.sha256(f"{self.channel}\x1f{self.payload}".encode()).hexdigest()
+        """The order's id, or a digest of the scope and payload when it names no order."""
+        if self.order_id:
+            return self.order_id
+        if self.order_key and self.principal_id is None and self.tenant_id == DEFAULT_TENANT:
+            return self.order_key  # a letter from before scopes (spooled then)
+        scope = (
+            ""
+            if self.principal_id is None and self.tenant_id == DEFAULT_TENANT
+            else f"{self.tenant_id}\x1f{self.principal_id or ''}\x1f"
+        )
+        digest = hashlib.sha256(f"{scope}{self.channel}\x1f{self.payload}".encode()).hexdigest()
         return f"sha256:{digest}"
+
+    def redacted(self) -> DeadLetterDraft:
+        """This draft with card-like numbers masked in everything that came from the request."""
+        return replace(
+            self,
+            payload=redact_cards(self.payload),
+            reason=redact_cards(self.reason),
+            headers={k: redact_cards(v) for k, v in self.headers.items()},
+            order_key=redact_cards(self.order_key) if self.order_key else self.order_key,
+        )
 
 
 @dataclass(frozen=True)
 class CreditAccountSeed:
-    """An account to create or overwrite (demo data, tests, finance imports)."""
+    """An account to create or overwrite (demo data, tests, finance imports), in ``tenant_id``."""
 
     account_id: str
     name: str = ""
@@ -109,6 +153,16 @@ class CreditAccountSeed:
     late_payments: int = 0
     billing_email: str | None = None
     payment_method_id: str | None = None
+    tenant_id: str = DEFAULT_TENANT
+
+
+def _account_key(tenant_id: str, account_id: str) -> dict[str, str]:
+    return {"tenant_id": tenant_id, "account_id": account_id}
+
+
+def _stored(text: str, length: int) -> str:
+    """Payload text as stored: card-like numbers masked, cut to the column's length."""
+    return redact_cards(text)[:length]
 
 
 def _rowcount(result: Any) -> int:
@@ -131,50 +185,68 @@ class IntakeStore:
 
     # --- orders -------------------------------------------------------------------------
 
-    def get_order(self, channel: str, channel_order_id: str) -> IntakeOrder | None:
+    def get_order(
+        self, channel: str, channel_order_id: str, tenant_id: str = DEFAULT_TENANT
+    ) -> IntakeOrder | None:
+        """The newest order of ``tenant_id`` with this channel order id (any principal's)."""
         with self.session() as s:
             return s.exec(
-                select(IntakeOrder).where(
+                select(IntakeOrder)
+                .where(
+                    IntakeOrder.tenant_id == tenant_id,
                     IntakeOrder.channel == channel,
-                    IntakeOrder.channel_order_id == channel_order_id,
+                    IntakeOrder.channel_order_id == _stored(channel_order_id, 200),
                 )
+                .order_by(col(IntakeOrder.id).desc())
             ).first()
+
+    def order_by_id(self, order_id: str) -> IntakeOrder | None:
+        """The order with this ``order_id`` (a scoped id: it names one tenant's, one sender's)."""
+        with self.session() as s:
+            return s.exec(select(IntakeOrder).where(IntakeOrder.order_id == order_id)).first()
 
     def claim(
         self,
         order: CanonicalOrder,
         sku: str | None,
         decide: Callable[[IntakeFacts], Decision],
+        *,
+        use_account: bool = True,
     ) -> Claim:
         """Judge ``order`` against fresh facts under lock, and record the verdict.
 
         Args:
-            order: The canonical order.
+            order: The canonical order, in its scope (tenant and principal).
             sku: The stock-keeping unit its plan delivers (physical plans), else None.
             decide: The pure rules, given the facts (this order's own earlier reservations are
                 excluded from them, so re-judging a pending order does not count it twice).
+            use_account: Whether the rules may see the order's credit account (of the order's
+                tenant only): False judges it as a new customer's and never touches the account.
 
         Returns:
-            DUPLICATE with the accepted row; REJECTED with the decision (recorded, reservations
-            of an earlier attempt released); CLAIMED with the decision (row ``pending``, stock and
-            credit reserved).
+            DUPLICATE with the accepted row; CONFLICT with the row when the same order id came
+            before with other terms and may have started a subscription (nothing changes);
+            REJECTED with the decision (recorded, reservations of an earlier attempt released);
+            CLAIMED with the decision (row ``pending``, stock and credit reserved).
         """
         for _ in range(3):
             try:
-                return self._claim(order, sku, decide)
+                return self._claim(order, sku, decide, use_account)
             except IntegrityError:
                 # A concurrent request inserted the same order first: judge again, seeing it.
                 continue
-        raise RuntimeError(f"could not claim order {order.key}: repeated insert conflicts")
+        raise RuntimeError(f"could not claim order {order.order_id}: repeated insert conflicts")
 
     def _claim(
         self,
         order: CanonicalOrder,
         sku: str | None,
         decide: Callable[[IntakeFacts], Decision],
+        use_account: bool,
     ) -> Claim:
-        key = order.key
+        order_id = order.order_id
         account_id = order.account_key
+        account_key = _account_key(order.tenant_id, account_id)
         with self.session() as s:
             # Lock first (see the module docstring): stock row, then credit row.
             if sku is not None:
@@ -183,25 +255,42 @@ class IntakeStore:
                     .where(col(InventoryItem.sku) == sku)
                     .values(on_hand=col(InventoryItem.on_hand))
                 )
-            s.execute(
-                sa.update(CreditAccount)
-                .where(col(CreditAccount.account_id) == account_id)
-                .values(reserved_minor=col(CreditAccount.reserved_minor))
-            )
-            row = s.exec(
-                select(IntakeOrder).where(
-                    IntakeOrder.channel == order.channel.value,
-                    IntakeOrder.channel_order_id == order.channel_order_id,
+            if use_account:
+                s.execute(
+                    sa.update(CreditAccount)
+                    .where(
+                        col(CreditAccount.tenant_id) == order.tenant_id,
+                        col(CreditAccount.account_id) == account_id,
+                    )
+                    .values(reserved_minor=col(CreditAccount.reserved_minor))
                 )
-            ).first()
+            row = s.exec(select(IntakeOrder).where(IntakeOrder.order_id == order_id)).first()
+            if (
+                row is not None
+                and row.status in BOUND_STATUSES
+                and row.fingerprint is not None
+                and row.fingerprint != order.fingerprint
+            ):
+                return Claim(ClaimOutcome.CONFLICT, row)
             if row is not None and row.status == OrderStatus.ACCEPTED:
                 # Leaving the block rolls the lock back without expiring ``row``.
                 return Claim(ClaimOutcome.DUPLICATE, row)
             own_credit = row.credit_reserved_minor if row is not None else 0
             own_stock = s.exec(
-                select(InventoryReservation).where(InventoryReservation.order_key == key)
+                select(InventoryReservation).where(InventoryReservation.order_key == order_id)
             ).first()
-            account = s.get(CreditAccount, account_id)
+            account = s.get(CreditAccount, account_key) if use_account else None
+            prior = (
+                s.get(CreditAccount, _account_key(row.tenant_id, row.account_id))
+                if row is not None and own_credit
+                else None
+            )
+            if prior is not None and prior is not account:
+                # Held on another account than this order's now: give it back there.
+                prior.reserved_minor -= own_credit
+                prior.updated_at = utcnow()
+                s.add(prior)
+                own_credit = 0
             credit = (
                 None
                 if account is None
@@ -237,16 +326,17 @@ class IntakeStore:
             now = utcnow()
             if row is None:
                 row = IntakeOrder(
-                    order_id=order.order_id,
+                    order_id=order_id,
+                    tenant_id=order.tenant_id,
+                    principal_id=order.principal_id,
                     channel=order.channel.value,
-                    channel_order_id=order.channel_order_id,
+                    channel_order_id=_stored(order.channel_order_id, 200),
                     status=OrderStatus.PENDING.value,
-                    customer_id=order.customer_id,
-                    account_id=account_id,
-                    plan_id=order.plan_id[:64],
+                    customer_id="",
+                    account_id="",
+                    plan_id="",
                     interval=order.interval.value,
                     currency=order.currency,
-                    quantity=order.quantity,
                     rule_set=decision.rule_set.value,
                     attempts=1,
                     created_at=now,
@@ -256,6 +346,14 @@ class IntakeStore:
                 row.attempts += 1
                 row.updated_at = now
                 row.rule_set = decision.rule_set.value
+            # The terms judged this time (a rejected order may come back corrected).
+            row.customer_id = order.customer_id
+            row.account_id = _stored(account_id, 64)
+            row.plan_id = _stored(order.plan_id, 64)
+            row.interval = order.interval.value
+            row.currency = order.currency
+            row.quantity = order.quantity
+            row.fingerprint = order.fingerprint
             row.term_value_minor = decision.term_value_minor
             if decision.accepted:
                 row.status = OrderStatus.PENDING.value
@@ -267,9 +365,9 @@ class IntakeStore:
                 assert primary is not None
                 row.status = OrderStatus.REJECTED.value
                 row.rule, row.error_code = primary.rule, primary.code.value
-                row.message = primary.message[:1000]
+                row.message = _stored(primary.message, 1000)
                 want_stock = want_credit = 0
-            self._set_stock_reservation(s, key, sku, own_stock, want_stock, now)
+            self._set_stock_reservation(s, order_id, sku, own_stock, want_stock, now)
             if account is not None and want_credit != own_credit:
                 account.reserved_minor += want_credit - own_credit
                 account.updated_at = now
@@ -299,28 +397,24 @@ class IntakeStore:
             own.quantity, own.sku = quantity, sku
             s.add(own)
 
-    def complete(
-        self, channel: str, channel_order_id: str, subscription_id: str, result: dict[str, Any]
-    ) -> bool:
+    def complete(self, order_id: str, subscription_id: str, result: dict[str, Any]) -> bool:
         """Mark a claimed order accepted with the answer repeats get; True the first time.
 
         Also closes any open dead letter of the same order (it went through after all).
         """
         now = utcnow()
-        key = order_key(channel, channel_order_id)
         with self.session() as s:
             first = _rowcount(
                 s.execute(
                     sa.update(IntakeOrder)
                     .where(
-                        col(IntakeOrder.channel) == channel,
-                        col(IntakeOrder.channel_order_id) == channel_order_id,
+                        col(IntakeOrder.order_id) == order_id,
                         col(IntakeOrder.status) != OrderStatus.ACCEPTED.value,
                     )
                     .values(
                         status=OrderStatus.ACCEPTED.value,
                         subscription_id=subscription_id,
-                        result=json.dumps(result, sort_keys=True),
+                        result=redact_cards(json.dumps(result, sort_keys=True)),
                         rule=None,
                         error_code=None,
                         message=None,
@@ -331,7 +425,7 @@ class IntakeStore:
             s.execute(
                 sa.update(DeadLetter)
                 .where(
-                    col(DeadLetter.order_key) == key,
+                    col(DeadLetter.order_id) == order_id,
                     col(DeadLetter.status) == DeadLetterStatus.OPEN.value,
                 )
                 .values(
@@ -349,8 +443,7 @@ class IntakeStore:
 
     def release(
         self,
-        channel: str,
-        channel_order_id: str,
+        order_id: str,
         status: OrderStatus,
         *,
         rule: str | None = None,
@@ -358,24 +451,18 @@ class IntakeStore:
         message: str | None = None,
     ) -> None:
         """Give back a non-accepted order's stock and credit and set its status."""
-        key = order_key(channel, channel_order_id)
         now = utcnow()
         with self.session() as s:
-            row = s.exec(
-                select(IntakeOrder).where(
-                    IntakeOrder.channel == channel,
-                    IntakeOrder.channel_order_id == channel_order_id,
-                )
-            ).first()
+            row = s.exec(select(IntakeOrder).where(IntakeOrder.order_id == order_id)).first()
             if row is None or row.status == OrderStatus.ACCEPTED:
                 return
             own = s.exec(
-                select(InventoryReservation).where(InventoryReservation.order_key == key)
+                select(InventoryReservation).where(InventoryReservation.order_key == order_id)
             ).first()
             if own is not None:
                 s.delete(own)
             if row.credit_reserved_minor:
-                account = s.get(CreditAccount, row.account_id)
+                account = s.get(CreditAccount, _account_key(row.tenant_id, row.account_id))
                 if account is not None:
                     account.reserved_minor -= row.credit_reserved_minor
                     account.updated_at = now
@@ -384,7 +471,7 @@ class IntakeStore:
             row.status = status.value
             if rule is not None:
                 row.rule, row.error_code = rule, error_code
-                row.message = (message or "")[:1000]
+                row.message = _stored(message or "", 1000)
             row.updated_at = now
             s.add(row)
             s.commit()
@@ -392,13 +479,15 @@ class IntakeStore:
     def list_orders(
         self,
         *,
+        tenant_id: str = DEFAULT_TENANT,
         status: str | None = None,
         rule: str | None = None,
         channel: str | None = None,
         limit: int = 100,
     ) -> Sequence[IntakeOrder]:
-        """Orders, newest first (``status='rejected', rule=...`` finds a rule's false positives)."""
-        q = select(IntakeOrder)
+        """A tenant's orders, newest first (``status='rejected', rule=...`` finds a rule's false
+        positives)."""
+        q = select(IntakeOrder).where(IntakeOrder.tenant_id == tenant_id)
         if status:
             q = q.where(IntakeOrder.status == status)
         if rule:
@@ -409,8 +498,9 @@ class IntakeStore:
         with self.session() as s:
             return s.exec(q).all()
 
-    def rejection_counts(self) -> list[dict[str, Any]]:
-        """Rejected orders per (rule, error code, rule set, channel), most frequent first."""
+    def rejection_counts(self, tenant_id: str = DEFAULT_TENANT) -> list[dict[str, Any]]:
+        """A tenant's rejected orders per (rule, error code, rule set, channel), most frequent
+        first."""
         columns = (
             col(IntakeOrder.rule),
             col(IntakeOrder.error_code),
@@ -419,7 +509,10 @@ class IntakeStore:
         )
         q = (
             sa.select(*columns, sa.func.count())
-            .where(col(IntakeOrder.status) == OrderStatus.REJECTED.value)
+            .where(
+                col(IntakeOrder.tenant_id) == tenant_id,
+                col(IntakeOrder.status) == OrderStatus.REJECTED.value,
+            )
             .group_by(*columns)
         )
         with self.session() as s:
@@ -435,10 +528,13 @@ class IntakeStore:
     def add_dead_letter(self, draft: DeadLetterDraft) -> tuple[DeadLetter, bool]:
         """Record a dead letter, or fold it into the open one with the same key.
 
+        Card-like numbers in its payload, headers and reason are masked first.
+
         Returns:
             (row, created): ``created`` is False when an open letter absorbed this failure (its
             attempts grow, reason and priority are updated).
         """
+        draft = draft.redacted()
         for _ in range(3):
             try:
                 return self._add_dead_letter(draft)
@@ -454,8 +550,11 @@ class IntakeStore:
             created = row is None
             if row is None:
                 row = DeadLetter(
+                    tenant_id=draft.tenant_id,
+                    principal_id=draft.principal_id,
                     channel=draft.channel[:32],
-                    order_key=draft.order_key,
+                    order_id=draft.order_id,
+                    order_key=draft.order_key[:240] if draft.order_key else None,
                     open_key=key,
                     content_type=draft.content_type[:100],
                     payload=draft.payload,
@@ -473,8 +572,8 @@ class IntakeStore:
             else:
                 self._refail(row, draft, now)
             s.add(row)
-            if draft.order_key:
-                self._mark_order_dead_lettered(s, draft.order_key, now)
+            if draft.order_id:
+                self._mark_order_dead_lettered(s, draft.order_id, now)
             s.commit()
         return row, created
 
@@ -488,13 +587,11 @@ class IntakeStore:
         row.updated_at = now
 
     @staticmethod
-    def _mark_order_dead_lettered(s: Session, key: str, now: datetime) -> None:
-        channel, _, channel_order_id = key.partition(":")
+    def _mark_order_dead_lettered(s: Session, order_id: str, now: datetime) -> None:
         s.execute(
             sa.update(IntakeOrder)
             .where(
-                col(IntakeOrder.channel) == channel,
-                col(IntakeOrder.channel_order_id) == channel_order_id,
+                col(IntakeOrder.order_id) == order_id,
                 col(IntakeOrder.status) == OrderStatus.PENDING.value,
             )
             .values(status=OrderStatus.DEAD_LETTERED.value, updated_at=now)
@@ -502,6 +599,7 @@ class IntakeStore:
 
     def refail_dead_letter(self, dead_letter_id: int, draft: DeadLetterDraft) -> DeadLetter:
         """A replay of an open dead letter failed again: count the attempt, keep it open."""
+        draft = draft.redacted()
         now = utcnow()
         with self.session() as s:
             row = s.get(DeadLetter, dead_letter_id)
@@ -509,20 +607,29 @@ class IntakeStore:
                 raise LookupError(f"dead letter {dead_letter_id} not found")
             self._refail(row, draft, now)
             s.add(row)
-            if draft.order_key:
-                self._mark_order_dead_lettered(s, draft.order_key, now)
+            if draft.order_id:
+                self._mark_order_dead_lettered(s, draft.order_id, now)
             s.commit()
             return row
 
-    def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+    def get_dead_letter(
+        self, dead_letter_id: int, tenant_id: str = DEFAULT_TENANT
+    ) -> DeadLetter | None:
+        """The dead letter if it is ``tenant_id``'s (None for another tenant's, as for none)."""
         with self.session() as s:
-            return s.get(DeadLetter, dead_letter_id)
+            row = s.get(DeadLetter, dead_letter_id)
+        return row if row is not None and row.tenant_id == tenant_id else None
 
     def list_dead_letters(
-        self, *, status: str | None = "open", channel: str | None = None, limit: int = 100
+        self,
+        *,
+        tenant_id: str = DEFAULT_TENANT,
+        status: str | None = "open",
+        channel: str | None = None,
+        limit: int = 100,
     ) -> Sequence[DeadLetter]:
-        """Dead letters, highest priority first (then oldest first)."""
-        q = select(DeadLetter)
+        """A tenant's dead letters, highest priority first (then oldest first)."""
+        q = select(DeadLetter).where(DeadLetter.tenant_id == tenant_id)
         if status:
             q = q.where(DeadLetter.status == status)
         if channel:
@@ -534,43 +641,54 @@ class IntakeStore:
             return s.exec(q).all()
 
     def resolve_dead_letter(
-        self, dead_letter_id: int, status: DeadLetterStatus, resolution: dict[str, Any]
+        self,
+        dead_letter_id: int,
+        status: DeadLetterStatus,
+        resolution: dict[str, Any],
+        tenant_id: str = DEFAULT_TENANT,
     ) -> DeadLetter | None:
-        """Close an open dead letter; None when it is missing or no longer open.
+        """Close an open dead letter of ``tenant_id``; None when it is missing, another tenant's
+        or no longer open.
 
         Discarding also releases the stock and credit its order held.
         """
         now = utcnow()
         with self.session() as s:
             row = s.get(DeadLetter, dead_letter_id)
-            if row is None or row.status != DeadLetterStatus.OPEN:
+            if row is None or row.tenant_id != tenant_id or row.status != DeadLetterStatus.OPEN:
                 return None
             row.status = status.value
             row.open_key = None
-            row.resolution = json.dumps(resolution, sort_keys=True)
+            row.resolution = redact_cards(json.dumps(resolution, sort_keys=True))
             row.resolved_at = row.updated_at = now
             s.add(row)
             s.commit()
-        if status == DeadLetterStatus.DISCARDED and row.order_key:
-            channel, _, channel_order_id = row.order_key.partition(":")
-            order = self.get_order(channel, channel_order_id)
+        if status == DeadLetterStatus.DISCARDED and row.order_id:
+            order = self.order_by_id(row.order_id)
             if order is not None and order.status in (
                 OrderStatus.DEAD_LETTERED,
                 OrderStatus.PENDING,
             ):
-                self.release(channel, channel_order_id, OrderStatus.DISCARDED)
+                self.release(row.order_id, OrderStatus.DISCARDED)
         return row
 
     # --- credit accounts and stock ---------------------------------------------------------
 
     def upsert_credit_account(self, seed: CreditAccountSeed) -> CreditAccount:
-        """Create or overwrite an account's terms (its reservations are kept)."""
+        """Create or overwrite an account's terms in its tenant (its reservations are kept)."""
         now = utcnow()
         with self.session() as s:
-            row = s.get(CreditAccount, seed.account_id)
-            values = {k: v for k, v in seed.__dict__.items() if k != "account_id"}
+            row = s.get(CreditAccount, _account_key(seed.tenant_id, seed.account_id))
+            values = {
+                k: v for k, v in seed.__dict__.items() if k not in ("account_id", "tenant_id")
+            }
             if row is None:
-                row = CreditAccount(account_id=seed.account_id, updated_at=now, **values)
+                row = CreditAccount(
+                    tenant_id=seed.tenant_id,
+                    account_id=seed.account_id,
+                    updated_at=now,
+                    **values,
+                )
             else:
                 for name, value in values.items():
                     setattr(row, name, value)
@@ -579,9 +697,12 @@ class IntakeStore:
             s.commit()
             return row
 
-    def credit_account(self, account_id: str) -> CreditAccount | None:
+    def credit_account(
+        self, account_id: str, tenant_id: str = DEFAULT_TENANT
+    ) -> CreditAccount | None:
+        """The account of ``tenant_id`` (another tenant's account of that id is not it)."""
         with self.session() as s:
-            return s.get(CreditAccount, account_id)
+            return s.get(CreditAccount, _account_key(tenant_id, account_id))
 
     def set_stock(self, sku: str, on_hand: int) -> InventoryItem:
         """Set a SKU's stock on hand (reservations are kept)."""

@@ -1,9 +1,14 @@
 """SQL tables of order intake: orders received, dead letters, the credit ledger, stock.
 
 Only the intake store (and migrations) import these. Amounts are integers in minor units; instants
-are UTC. Writes are idempotent through unique business keys: ``(channel, channel_order_id)`` for
-orders, ``order_key`` for stock reservations, ``open_key`` (set only while a dead letter is open)
-so one failing order has one open dead letter however often it is retried.
+are UTC. Every row but stock belongs to a tenant. Writes are idempotent through unique business
+keys: ``order_id`` for orders (a digest of the tenant, the principal that sent it, the channel and
+the channel's order id: the same channel order id from another principal is another order), the
+order's ``order_id`` for stock reservations, ``open_key`` (set only while a dead letter is open) so
+one failing order has one open dead letter however often it is retried. Credit accounts are keyed
+by ``(tenant_id, account_id)``: two tenants may each have an account ``acme``.
+
+Text that came from a payload is stored with card-like numbers masked (``models.redact``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 from activities.tables import UTCDateTime, tenant_field
+from models.identity import DEFAULT_TENANT
 
 
 def _ts(**kw: object) -> object:
@@ -26,13 +32,15 @@ class IntakeOrder(SQLModel, table=True):
     ``status``: ``pending`` (claimed, subscription being started), ``accepted`` (``result`` holds
     the answer repeated orders get), ``rejected`` (``rule``/``error_code``/``message`` say why),
     ``dead_lettered`` (see ``dead_letters``), ``discarded`` (its dead letter was discarded).
+    ``principal_id`` is who sent it (NULL: received before intake authenticated its callers);
+    ``fingerprint`` digests its terms (a resend with other terms is refused, see the store).
     """
 
     __tablename__ = "intake_orders"
-    __table_args__ = (sa.UniqueConstraint("channel", "channel_order_id"),)
 
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: str = tenant_field()  # type: ignore[assignment]
+    principal_id: str | None = Field(default=None, index=True, max_length=64)
     order_id: str = Field(unique=True, max_length=64)
     channel: str = Field(max_length=32)
     channel_order_id: str = Field(max_length=200)
@@ -51,6 +59,7 @@ class IntakeOrder(SQLModel, table=True):
     term_value_minor: int = Field(default=0, sa_type=sa.BigInteger)
     credit_reserved_minor: int = Field(default=0, sa_type=sa.BigInteger)
     attempts: int = 1
+    fingerprint: str | None = Field(default=None, max_length=64)
     result: str = Field(default="{}", sa_type=sa.Text)
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
     updated_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
@@ -61,13 +70,17 @@ class DeadLetter(SQLModel, table=True):
 
     ``status``: ``open`` until replayed (``replayed``) or given up on (``discarded``).
     ``priority`` = one-year order value (major units) x customer tier weight; highest first.
+    ``principal_id`` sent it (a replay acts for it; NULL: before authentication); ``order_id`` is
+    its order's (when the payload got as far as naming one); ``order_key`` is ``channel:id``.
     """
 
     __tablename__ = "dead_letters"
 
     id: int | None = Field(default=None, primary_key=True)
     tenant_id: str = tenant_field()  # type: ignore[assignment]
+    principal_id: str | None = Field(default=None, max_length=64)
     channel: str = Field(index=True, max_length=32)
+    order_id: str | None = Field(default=None, index=True, max_length=64)
     order_key: str | None = Field(default=None, index=True, max_length=240)
     # Equal to the dedupe key while open, NULL once closed: at most one open letter per key.
     open_key: str | None = Field(default=None, unique=True, max_length=240)
@@ -96,8 +109,14 @@ class CreditAccount(SQLModel, table=True):
 
     __tablename__ = "credit_accounts"
 
+    tenant_id: str = Field(
+        default=DEFAULT_TENANT,
+        primary_key=True,
+        max_length=64,
+        index=True,
+        sa_column_kwargs={"server_default": DEFAULT_TENANT},
+    )
     account_id: str = Field(primary_key=True, max_length=64)
-    tenant_id: str = tenant_field()  # type: ignore[assignment]
     name: str = Field(default="", max_length=200)
     currency: str = Field(default="USD", max_length=3)
     credit_limit_minor: int = Field(default=0, sa_type=sa.BigInteger)
@@ -125,7 +144,8 @@ class InventoryItem(SQLModel, table=True):
 
 
 class InventoryReservation(SQLModel, table=True):
-    """Stock held for an accepted order's first deliveries (one row per order)."""
+    """Stock held for an accepted order's first deliveries (one row per order; ``order_key`` is
+    the order's ``order_id``)."""
 
     __tablename__ = "inventory_reservations"
 

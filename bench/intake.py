@@ -11,10 +11,12 @@ What it does, all on loopback and bounded in count and time:
    worker, API, migrations) on free ports with its state in a temporary directory; if that API does
    not serve ``POST /orders/{channel}`` yet, a second API process (``create_app`` + the intake
    router) is started next to it;
-2. seeds credit accounts and stock, tokenizes test cards at localstripe and prepares a mixed
-   stream of orders: valid web, mobile, signed Stripe Checkout, partner CSV, referral and physical
-   orders, repeats of accepted orders, and invalid ones (a rule rejection, malformed payloads, a bad
-   signature, an unknown SKU);
+2. seeds credit accounts and stock, writes the principals the load authenticates as (an operator
+   with a bearer token, the partner ``acme`` with an ``omsk_...`` API key; Stripe events carry only
+   their signature), tokenizes test cards at localstripe and prepares a mixed stream of orders:
+   valid web, mobile, signed Stripe Checkout, partner CSV, referral and physical orders, repeats of
+   accepted orders, and invalid ones (a rule rejection, malformed payloads, a bad signature, an
+   unknown SKU);
 3. measures the floor: from a second process, a no-op workflow's update-with-start round trip on
    the same server (the same primitive ``POST /orders`` uses), answered by its own worker process,
    sent open-loop at the same rate;
@@ -331,6 +333,9 @@ async def _load(args: argparse.Namespace) -> None:
 
     with open(args.plan) as f:
         plan = [Planned(**p) for p in json.load(f)]
+    # Credentials come in the environment (not argv, which other users of the machine can read).
+    operator = {"Authorization": f"Bearer {os.environ['OMS_BENCH_TOKEN']}"}
+    partner = {"Authorization": f"Bearer {os.environ['OMS_BENCH_PARTNER_KEY']}"}
     rate = args.rate
     results: dict[str, Any] = {"floor": [], "floor_loaded": [], "orders": []}
 
@@ -362,6 +367,10 @@ async def _load(args: argparse.Namespace) -> None:
         async def send(i: int) -> None:
             p = plan[i]
             headers = {"Content-Type": p.content_type}
+            if p.channel == "partner":
+                headers.update(partner)
+            elif p.channel != "stripe-checkout":  # Stripe events: their signature only
+                headers.update(operator)
             if p.sign:
                 secret = "whsec_wrong" if p.bad_signature else args.secret
                 headers["Stripe-Signature"] = sign(p.body, secret, int(time.time()))
@@ -498,11 +507,16 @@ def _wait_for_line(path: str, needle: str, proc: ManagedProcess, timeout: float)
     raise SystemExit(f"error BENCH: {needle!r} not seen in {path} after {timeout:.0f} s")
 
 
-def _intake_mounted(url: str) -> bool:
+def _intake_mounted(url: str, token: str) -> bool:
     import httpx
 
     try:
-        r = httpx.post(f"{url}/orders/bench-probe", content="{}", timeout=5)
+        r = httpx.post(
+            f"{url}/orders/bench-probe",
+            content="{}",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=5,
+        )
         return r.status_code == 404 and r.json().get("error", {}).get("code") == "UNKNOWN_CHANNEL"
     except Exception:
         return False
@@ -519,6 +533,36 @@ def _wait_http(url: str, timeout: float) -> None:
         except httpx.HTTPError:
             time.sleep(0.2)
     raise SystemExit(f"error BENCH: {url} did not answer")
+
+
+def _credentials(env: dict[str, str], db_url: str) -> tuple[str, str]:
+    """An operator's bearer token and the partner ``acme``'s API key, in the bench's database
+    (the stack migrated it; signed with the dev key of the stack's config file)."""
+    from activities.auth_store import AuthStore
+    from activities.db import create_db_engine
+    from models.identity import DEFAULT_TENANT, Principal, Role
+    from starter.auth import Authenticator
+    from workers.config import load_config
+
+    engine = create_db_engine(db_url)
+    try:
+        store = AuthStore(engine)
+        auth = Authenticator(load_config(env=env).auth, store)
+        operator = store.put_principal(
+            Principal(id="bench-operator", tenant_id=DEFAULT_TENANT, role=Role.OPERATOR)
+        )
+        store.put_principal(
+            Principal(
+                id="bench-partner-acme",
+                tenant_id=DEFAULT_TENANT,
+                role=Role.PARTNER,
+                partner_id="acme",
+                accounts=("acme",),
+            )
+        )
+        return auth.issue(operator), auth.create_api_key("bench-partner-acme")
+    finally:
+        engine.dispose()
 
 
 def _seed_and_tokens(env: dict[str, str], db_url: str, n_tokens: int) -> list[str]:
@@ -629,6 +673,9 @@ def bench(args: argparse.Namespace) -> int:
         "OMS_API_PORT": str(ports["api"]),
         "OMS_DATABASE_URL": db_url,
         "OMS_INTAKE_SPOOL": f"{tmp}/spool.jsonl",
+        # The bench measures latency, not the rate limiter: one operator sends every order.
+        "OMS_RATE_LIMIT_PRINCIPAL": "1000000/minute",
+        "OMS_RATE_LIMIT_IP": "1000000/minute",
         "NO_COLOR": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -640,8 +687,9 @@ def bench(args: argparse.Namespace) -> int:
             "devstack", [sys.executable, "-m", "starter.devstack"], env, f"{tmp}/devstack.log"
         )
         _wait_for_line(f"{tmp}/devstack.log", "dev stack is up", stack, 180)
+        token, partner_key = _credentials(env, db_url)
         url = f"http://127.0.0.1:{ports['api']}"
-        if _intake_mounted(url):
+        if _intake_mounted(url, token):
             api_note = "the dev stack's API"
         else:
             url = f"http://127.0.0.1:{ports['api2']}"
@@ -718,7 +766,7 @@ def bench(args: argparse.Namespace) -> int:
                 "--run",
                 os.path.basename(tmp),
             ],
-            env=env,
+            env={**env, "OMS_BENCH_TOKEN": token, "OMS_BENCH_PARTNER_KEY": partner_key},
             cwd=_root(),
             timeout=MAX_SECONDS * 3,
             capture_output=True,

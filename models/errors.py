@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     SEGMENT_NOT_ALLOWED = "SEGMENT_NOT_ALLOWED"
     RISK_REJECTED = "RISK_REJECTED"
     DEAD_LETTER_NOT_FOUND = "DEAD_LETTER_NOT_FOUND"
+    # The payload asked for a trial the plan does not offer (trials come from the plan only)
+    TRIAL_NOT_OFFERED = "TRIAL_NOT_OFFERED"
 
     # Changes, approvals, pauses (HTTP 403/409/422)
     CHANGE_NOT_ALLOWED = "CHANGE_NOT_ALLOWED"
@@ -107,6 +109,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.APPROVER_NOT_AUTHORIZED: 403,
     ErrorCode.SELF_APPROVAL: 403,
     ErrorCode.DEAD_LETTER_NOT_FOUND: 404,
+    ErrorCode.TRIAL_NOT_OFFERED: 422,
     ErrorCode.REQUEST_NOT_FOUND: 404,
     ErrorCode.STALE_REQUEST: 409,
     ErrorCode.SUBSCRIPTION_PAUSED: 409,

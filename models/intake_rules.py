@@ -8,6 +8,15 @@ fired (``rule``), a stable :class:`ErrorCode` and a sentence a person can act on
 in ``docs/intake.md``; keep them together.
 
 Facts (credit account, stock) are arguments: the store fetches them, nothing here does I/O.
+
+Before any of that, the **access rules** (:data:`ACCESS_RULES`) decide whether the authenticated
+principal may send orders through the channel at all (:func:`check_channel_access`) and may bill
+the order's account (:func:`check_order_access`). They depend on the principal, never on the
+payload's say-so; a refused order is not recorded and reserves nothing.
+
+Trial length and prices come from the catalog, never from a payload: a payload that asks for
+another trial than the plan's is refused (``catalog.trial``), and no channel carries a price that
+is used (the one-year value, credit reservations and every charge use the catalog's price).
 """
 
 from __future__ import annotations
@@ -21,12 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.calendar import Interval, validate_timezone
 from models.catalog import Catalog, Plan, Price
 from models.errors import ErrorCode, OmsError
+from models.identity import DEFAULT_TENANT, Permission, Principal, Role
 from models.ids import is_valid_id
 from models.money import BillingInputError, format_money, minor_unit_exponent
 from models.orders import BillingMode, CanonicalOrder, Channel, OrderHint, term_value_minor
 
 __all__ = [
+    "ACCESS_RULES",
     "CHANNEL_POLICIES",
+    "CHANNEL_ROLES",
     "RULES",
     "RULE_SETS",
     "TIER_WEIGHTS",
@@ -35,10 +47,13 @@ __all__ = [
     "CustomerTier",
     "Decision",
     "IntakeFacts",
+    "OrderAccess",
     "RuleSet",
     "RuleSetName",
     "StockFacts",
     "Violation",
+    "check_channel_access",
+    "check_order_access",
     "estimate_term_value",
     "evaluate",
     "priority_score",
@@ -47,7 +62,6 @@ __all__ = [
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 CARD_LIKE_RE = re.compile(r"^[\d\s-]{12,23}$")
-MAX_TRIAL_DAYS = 730
 GOOD_HISTORY_PAID_INVOICES = 3
 
 _Fire = Callable[[str, ErrorCode, str], None]
@@ -260,8 +274,9 @@ class Decision(BaseModel):
 RULES: list[tuple[str, str, str]] = [
     ("order.email", "INVALID_REQUEST", "the customer e-mail address looks like one"),
     ("order.timezone", "INVALID_TIMEZONE", "the billing time zone is an IANA zone"),
-    ("order.terms", "INVALID_REQUEST", "trial days 0..730; anchor day 1..31, month intervals"),
+    ("order.terms", "INVALID_REQUEST", "anchor day 1..31, and only with month intervals"),
     ("catalog.plan", "UNKNOWN_PLAN", "the plan exists"),
+    ("catalog.trial", "TRIAL_NOT_OFFERED", "trial days, if sent, are the plan's own trial"),
     ("policy.channel_product", "CHANNEL_NOT_ALLOWED", "the channel sells this kind/segment"),
     ("policy.segment_interval", "SEGMENT_NOT_ALLOWED", "the segment allows the interval"),
     (
@@ -371,6 +386,14 @@ def evaluate(order: CanonicalOrder, catalog: Catalog, facts: IntakeFacts) -> Dec
         plan = None
     if plan is None:
         return Decision(rule_set=rule_set.name, rule_set_reason=reason, tier=tier, violations=v)
+    if order.trial_days is not None and order.trial_days != plan.trial_days:
+        offered = f"{plan.trial_days}-day trial" if plan.trial_days else "no trial"
+        fire(
+            "catalog.trial",
+            ErrorCode.TRIAL_NOT_OFFERED,
+            f"{plan.plan_id} comes with {offered}; the order asked for {order.trial_days} "
+            "day(s). Trials come from the plan: leave trial days out (or send the plan's)",
+        )
     if plan.segment == "enterprise":
         tier = CustomerTier.ENTERPRISE if tier != CustomerTier.RISKY else tier
     policy = CHANNEL_POLICIES[order.channel]
@@ -475,12 +498,6 @@ def _check_order_terms(order: CanonicalOrder, fire: _Fire) -> None:
             validate_timezone(order.timezone)
         except ValueError as err:
             fire("order.timezone", ErrorCode.INVALID_TIMEZONE, str(err))
-    if order.trial_days is not None and not 0 <= order.trial_days <= MAX_TRIAL_DAYS:
-        fire(
-            "order.terms",
-            ErrorCode.INVALID_REQUEST,
-            f"trial days must be between 0 and {MAX_TRIAL_DAYS}, got {order.trial_days}",
-        )
     if order.anchor_day is not None:
         if not 1 <= order.anchor_day <= 31:
             fire(
@@ -614,3 +631,124 @@ def _words(values: frozenset[Interval] | frozenset[BillingMode]) -> str:
     order = {v: i for i, v in enumerate([*Interval, *BillingMode])}
     names = [v.value for v in sorted(values, key=lambda x: order[x])]
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+# --- access: who may send which orders -------------------------------------------------------
+
+# The roles that may send orders through each channel (besides orders:submit). ``stripe-checkout``
+# orders are authenticated by their Stripe signature and always act as the ``stripe-checkout``
+# service principal of the default tenant; an operator of that tenant may also submit a signed
+# event (``oms intake file``). Partners send their CSV files only.
+CHANNEL_ROLES: dict[Channel, frozenset[Role]] = {
+    Channel.WEB: frozenset({Role.CUSTOMER, Role.OPERATOR, Role.SERVICE}),
+    Channel.MOBILE: frozenset({Role.CUSTOMER, Role.OPERATOR, Role.SERVICE}),
+    Channel.PARTNER: frozenset({Role.PARTNER, Role.OPERATOR}),
+    Channel.STRIPE_CHECKOUT: frozenset({Role.SERVICE, Role.OPERATOR}),
+    Channel.REFERRAL: frozenset({Role.OPERATOR, Role.SERVICE}),
+}
+
+# The access rules, in evaluation order: (id, code, what it checks). docs/intake.md renders it.
+ACCESS_RULES: list[tuple[str, str, str]] = [
+    ("access.permission", "FORBIDDEN", "the principal's role grants orders:submit"),
+    (
+        "access.channel",
+        "FORBIDDEN",
+        "the principal's role may send orders through the channel (CHANNEL_ROLES)",
+    ),
+    ("access.partner", "ACCOUNT_NOT_AUTHORIZED", "a partner's orders name its own partner id"),
+    (
+        "access.account",
+        "ACCOUNT_NOT_AUTHORIZED",
+        "the principal may bill the order's account (invoice orders: the billed account; any "
+        "order: an account_id it names)",
+    ),
+]
+
+
+class OrderAccess(BaseModel):
+    """What :func:`check_order_access` decided for one order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    refused: Violation | None = None
+    # Whether the rules may look at the order's account (its credit line, history, standing):
+    # only for an account the principal may bill. Otherwise the order is judged as a new
+    # customer's.
+    use_account: bool = True
+
+
+def _words_of(roles: frozenset[Role]) -> str:
+    names = sorted(r.value for r in roles)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def check_channel_access(principal: Principal, channel: Channel) -> Violation | None:
+    """May ``principal`` send orders through ``channel`` at all? A violation when not."""
+    if not principal.can(Permission.ORDERS_SUBMIT):
+        return Violation(
+            rule="access.permission",
+            code=ErrorCode.FORBIDDEN,
+            message=f"a {principal.role.value} may not submit orders (needs "
+            f"{Permission.ORDERS_SUBMIT.value}); ask an operator of your tenant",
+        )
+    roles = CHANNEL_ROLES[channel]
+    if principal.role not in roles:
+        return Violation(
+            rule="access.channel",
+            code=ErrorCode.FORBIDDEN,
+            message=f"the {channel.value} channel takes orders from a {_words_of(roles)}, not "
+            f"a {principal.role.value}"
+            + (
+                "; partners send their CSV files to /orders/partner"
+                if principal.role == Role.PARTNER
+                else ""
+            ),
+        )
+    if channel == Channel.STRIPE_CHECKOUT and principal.tenant_id != DEFAULT_TENANT:
+        return Violation(
+            rule="access.channel",
+            code=ErrorCode.FORBIDDEN,
+            message="stripe-checkout events belong to the default tenant's Stripe account; "
+            "an operator of another tenant may not submit them",
+        )
+    return None
+
+
+def check_order_access(order: CanonicalOrder, principal: Principal) -> OrderAccess:
+    """May ``principal`` place ``order``? Account authorization, from the principal only.
+
+    - A partner's order must carry its own partner id (``access.partner``).
+    - An invoice order bills its account (``account_id``, else the customer's own): the principal
+      must be authorized for it (``principal.may_bill``), else ``access.account``.
+    - A card order that names an ``account_id`` claims that account's terms (its rule set and
+      tier): the principal must be authorized for it too.
+    - A card order without an ``account_id`` is judged with the customer's own account only when
+      the principal may bill it; otherwise as a new customer (``use_account`` False).
+    """
+    if principal.role == Role.PARTNER and order.partner_id != principal.partner_id:
+        return OrderAccess(
+            refused=Violation(
+                rule="access.partner",
+                code=ErrorCode.ACCOUNT_NOT_AUTHORIZED,
+                message=f"this key belongs to partner {principal.partner_id or '(none)'}; it may "
+                f"not send orders of partner {(order.partner_id or '(none)')[:64]}",
+            ),
+            use_account=False,
+        )
+    named = order.billing == BillingMode.INVOICE or order.account_id is not None
+    account = order.account_key
+    if principal.may_bill(account):
+        return OrderAccess()
+    if not named:
+        return OrderAccess(use_account=False)
+    what = "invoice" if order.billing == BillingMode.INVOICE else "order against"
+    return OrderAccess(
+        refused=Violation(
+            rule="access.account",
+            code=ErrorCode.ACCOUNT_NOT_AUTHORIZED,
+            message=f"this {principal.role.value} is not authorized to {what} account "
+            f"{account[:64]}; order for an account your credentials name (ask an operator of "
+            "your tenant to grant it)",
+        ),
+        use_account=False,
+    )

@@ -4,6 +4,11 @@ Channel adapters (``models/channels``) turn a channel's own payload into a list 
 :class:`ParsedItem`, each holding either a :class:`CanonicalOrder` or an :class:`ItemError` that
 names the field at fault. Everything downstream (rules, the intake service, the store) speaks only
 this model. Nothing here does I/O.
+
+An order belongs to a **scope**: the tenant and the principal that sent it (set by the intake
+service from the authenticated principal with :meth:`CanonicalOrder.scoped`, never from the
+payload). The same channel order id in two scopes names two different orders: their ids, their
+subscription request ids and their idempotency records differ.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.calendar import Interval
 from models.catalog import Catalog
 from models.errors import ErrorCode, OmsError
+from models.identity import DEFAULT_TENANT
 from models.ids import customer_id_for_email
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "describe_validation_error",
     "intake_request_id",
     "load_json",
+    "order_fingerprint",
     "order_id_for",
     "order_key",
     "parse_channel",
@@ -92,7 +99,10 @@ class Referral(BaseModel):
 class CanonicalOrder(BaseModel):
     """One subscription order, whatever channel it came through.
 
-    ``(channel, channel_order_id)`` identifies it: the same pair sent twice is the same order.
+    ``(tenant_id, principal_id, channel, channel_order_id)`` identifies it: the same channel order
+    id sent twice by the same principal is the same order; sent by another principal it is
+    another order. ``principal_id`` None is the scope of orders received before intake
+    authenticated its callers (all in the default tenant; their ids are kept).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -115,21 +125,35 @@ class CanonicalOrder(BaseModel):
     referral: Referral | None = None
     # Channel extras worth keeping (device platform, Stripe event id, CSV line...).
     source: dict[str, str] = Field(default_factory=dict)
+    # The scope: who sent it (the authenticated principal), never read from a payload.
+    tenant_id: str = DEFAULT_TENANT
+    principal_id: str | None = None
+
+    def scoped(self, tenant_id: str, principal_id: str | None) -> CanonicalOrder:
+        """This order in the scope of a tenant and principal."""
+        return self.model_copy(update={"tenant_id": tenant_id, "principal_id": principal_id})
 
     @property
     def key(self) -> str:
-        """``channel:channel_order_id``, unique across channels."""
+        """``channel:channel_order_id``: how people name the order (not unique across scopes)."""
         return order_key(self.channel, self.channel_order_id)
 
     @property
     def order_id(self) -> str:
-        """Our id for this order (stable: derived from the channel's id)."""
-        return order_id_for(self.channel, self.channel_order_id)
+        """Our id for this order: unique, stable, derived from its scope and the channel's id."""
+        return order_id_for(self.channel, self.channel_order_id, self.tenant_id, self.principal_id)
 
     @property
     def request_id(self) -> str:
         """The idempotency key the subscription is created with (same order, same subscription)."""
-        return intake_request_id(self.channel, self.channel_order_id)
+        return intake_request_id(
+            self.channel, self.channel_order_id, self.tenant_id, self.principal_id
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the order's terms: the same order id must come back with the same terms."""
+        return order_fingerprint(self)
 
     @property
     def customer_id(self) -> str:
@@ -211,14 +235,46 @@ def _digest(*parts: str, length: int) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:length]
 
 
-def order_id_for(channel: Channel | str, channel_order_id: str) -> str:
-    """Our order id for a channel's order: ``ord_`` and a digest of the pair."""
-    return "ord_" + _digest("order", Channel(channel).value, channel_order_id, length=20)
+def _scope(tenant_id: str, principal_id: str | None) -> tuple[str, ...]:
+    # Orders from before authentication (no principal, default tenant) keep their original ids.
+    if principal_id is None and tenant_id == DEFAULT_TENANT:
+        return ()
+    return ("scope", tenant_id, principal_id or "")
 
 
-def intake_request_id(channel: Channel | str, channel_order_id: str) -> str:
-    """The subscription request id of a channel's order (valid for ``models.ids.is_valid_id``)."""
-    return "intake-" + _digest("intake", Channel(channel).value, channel_order_id, length=32)
+def order_id_for(
+    channel: Channel | str,
+    channel_order_id: str,
+    tenant_id: str = DEFAULT_TENANT,
+    principal_id: str | None = None,
+) -> str:
+    """Our order id for a channel's order in a scope: ``ord_`` and a digest."""
+    parts = (*_scope(tenant_id, principal_id), Channel(channel).value, channel_order_id)
+    return "ord_" + _digest("order", *parts, length=20)
+
+
+def intake_request_id(
+    channel: Channel | str,
+    channel_order_id: str,
+    tenant_id: str = DEFAULT_TENANT,
+    principal_id: str | None = None,
+) -> str:
+    """The subscription request id of a channel's order in a scope (a valid id)."""
+    parts = (*_scope(tenant_id, principal_id), Channel(channel).value, channel_order_id)
+    return "intake-" + _digest("intake", *parts, length=32)
+
+
+# What makes two copies of an order "the same order": its terms. Not compared: where it sits in
+# a file and channel extras (``source``: a CSV line number, a device's app version, a Stripe event
+# id), nor the scope (part of the order's identity already).
+_NOT_TERMS = frozenset({"source", "tenant_id", "principal_id"})
+
+
+def order_fingerprint(order: CanonicalOrder) -> str:
+    """A digest of an order's terms (sha256 hex)."""
+    terms = order.model_dump(mode="json", exclude=set(_NOT_TERMS))
+    text = json.dumps(terms, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _PERIODS_PER_YEAR: dict[Interval, int] = {

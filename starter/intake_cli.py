@@ -7,6 +7,14 @@ bad input, 3 when Temporal, the database or the gateway is unavailable.
 
 ``oms intake file`` exits 0 when every order was accepted (or was a repeat), 2 when any was
 rejected or malformed, 3 when any had to be dead-lettered because something was unavailable.
+
+Every command acts as the CLI's authenticated principal (``--token``/``OMS_TOKEN``; on a dev stack
+without one, the dev operator: ``starter.output.cli_principal``) and needs the permission the API
+route needs: ``orders:submit`` for ``file``, ``intake:read`` for ``orders``, ``rejections``,
+``dlq list`` and ``dlq show``, ``intake:manage`` for ``dlq replay``, ``dlq discard`` and ``seed``.
+Everything is the principal's tenant's only. ``file`` and ``dlq replay`` run through
+``starter.output.run_access`` (they start subscriptions, so they connect to Temporal); the others
+need only the database and authenticate the same way without connecting to Temporal.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from typing import Any, NoReturn, TypeVar
 import typer
 import yaml
 
+from activities.auth_store import AuthStore
 from activities.db import create_db_engine
 from activities.intake_store import IntakeStore
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError
+from models.identity import Permission, Principal
 from starter import output as oms_cli  # the helpers `oms` uses (errors, tables, JSON)
+from starter.access import Access
 from starter.intake import (
     INTERNAL,
     IntakeResponse,
@@ -54,7 +65,9 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of
 # --- running ------------------------------------------------------------------------------
 
 
-def _intake(config: Config, store: IntakeStore, service: OmsService | None) -> IntakeService:
+def _intake(
+    config: Config, store: IntakeStore, auth_store: AuthStore, service: OmsService | None
+) -> IntakeService:
     async def get_service() -> OmsService:
         if service is None:
             raise OmsError(
@@ -62,31 +75,54 @@ def _intake(config: Config, store: IntakeStore, service: OmsService | None) -> I
             )
         return service
 
-    return IntakeService(get_service, store, default_catalog(), load_intake_settings(config))
+    return IntakeService(
+        get_service,
+        store,
+        default_catalog(),
+        load_intake_settings(config),
+        principals=auth_store,
+    )
+
+
+IntakeAction = Callable[[IntakeService, Principal], Awaitable[T]]
 
 
 def run_with_temporal(
-    as_json: bool, action: Callable[[IntakeService], Awaitable[T]], config: Config | None = None
+    as_json: bool,
+    permission: Permission,
+    action: IntakeAction[T],
+    config: Config | None = None,
 ) -> T:
-    """Run ``action`` with an intake service on a connected ``OmsService``."""
+    """Run ``action`` as the CLI's principal (``run_access``) with an intake service on a
+    connected ``OmsService``; ``FORBIDDEN`` without ``permission``."""
     cfg = config or load_config()
 
-    async def go(service: OmsService) -> T:
-        return await action(_intake(cfg, IntakeStore(service.store.engine), service))
+    async def go(access: Access) -> T:
+        access.principal.require(permission)
+        service = access.service
+        intake = _intake(cfg, IntakeStore(service.store.engine), access.auth_store, service)
+        return await action(intake, access.principal)
 
-    return oms_cli.run_service(as_json, go, cfg)
+    return oms_cli.run_access(as_json, go, cfg)
 
 
 def run_db(
-    as_json: bool, action: Callable[[IntakeService], Awaitable[T]], config: Config | None = None
+    as_json: bool,
+    permission: Permission,
+    action: IntakeAction[T],
+    config: Config | None = None,
 ) -> T:
-    """Run ``action`` with an intake service that needs only the database."""
+    """Run ``action`` as the CLI's principal with an intake service that needs only the database
+    (authenticated as ``run_access`` does: ``starter.output.cli_principal``)."""
     cfg = config or load_config()
 
     async def go() -> T:
         engine = create_db_engine(cfg.database.url)
         try:
-            return await action(_intake(cfg, IntakeStore(engine), None))
+            auth_store = AuthStore(engine)
+            principal = await asyncio.to_thread(oms_cli.cli_principal, cfg, auth_store)
+            principal.require(permission)
+            return await action(_intake(cfg, IntakeStore(engine), auth_store, None), principal)
         finally:
             engine.dispose()
 
@@ -194,8 +230,13 @@ def file_(
         typer.echo(f"submitting {path} as {channel} orders ...", err=True)
     response = run_with_temporal(
         as_json,
-        lambda intake: intake.handle(
-            channel, body, headers, on_item=None if as_json else _progress
+        Permission.ORDERS_SUBMIT,
+        lambda intake, principal: intake.handle(
+            channel,
+            body,
+            headers,
+            principal=principal,
+            on_item=None if as_json else _progress,
         ),
     )
     if response.error is not None:
@@ -220,7 +261,8 @@ def seed(
     ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Load credit accounts and stock (demo data by default) so intake has facts to judge."""
+    """Load credit accounts (in your tenant) and stock so intake has facts to judge (demo data by
+    default; needs intake:manage)."""
     config = load_config()
     data: dict[str, Any] | None = None
     if file is not None:
@@ -232,10 +274,10 @@ def seed(
         data = loaded
     tokenize = _tokenizer(config) if cards else None
 
-    async def go(intake: IntakeService) -> dict[str, Any]:
-        return await seed_data(intake.store, data, tokenize)
+    async def go(intake: IntakeService, principal: Principal) -> dict[str, Any]:
+        return await seed_data(intake.store, data, tokenize, tenant_id=principal.tenant_id)
 
-    result = run_db(as_json, go, config)
+    result = run_db(as_json, Permission.INTAKE_MANAGE, go, config)
     if as_json:
         oms_cli.emit_json(result)
         return
@@ -281,7 +323,9 @@ def orders(
 ) -> None:
     """Orders received, e.g. the rejections of one rule, to look for false positives."""
     rows = run_db(
-        as_json, lambda i: i.orders(status=status, rule=rule, channel=channel, limit=limit)
+        as_json,
+        Permission.INTAKE_READ,
+        lambda i, p: i.orders(p, status=status, rule=rule, channel=channel, limit=limit),
     )
     if as_json:
         oms_cli.emit_json(rows)
@@ -307,7 +351,7 @@ def orders(
 @app.command()
 def rejections(as_json: bool = JsonOpt) -> None:
     """How often each rule rejected orders, per rule set and channel (tuning)."""
-    rows = run_db(as_json, lambda i: i.rejections())
+    rows = run_db(as_json, Permission.INTAKE_READ, lambda i, p: i.rejections(p))
     if as_json:
         oms_cli.emit_json(rows)
         return
@@ -330,8 +374,9 @@ def dlq_list(
     """Dead letters, highest priority first: fix the most valuable failures first."""
     rows = run_db(
         as_json,
-        lambda i: i.dead_letters(
-            status=None if status == "all" else status, channel=channel, limit=limit
+        Permission.INTAKE_READ,
+        lambda i, p: i.dead_letters(
+            p, status=None if status == "all" else status, channel=channel, limit=limit
         ),
     )
     if as_json:
@@ -360,7 +405,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(dead_letter_id: int, as_json: bool = JsonOpt) -> None:
     """One dead letter with its raw payload."""
-    row = run_db(as_json, lambda i: i.dead_letter(dead_letter_id))
+    row = run_db(as_json, Permission.INTAKE_READ, lambda i, p: i.dead_letter(p, dead_letter_id))
     if as_json:
         oms_cli.emit_json(row)
         return
@@ -387,7 +432,11 @@ def dlq_replay(
 ) -> None:
     """Process a dead letter again; it closes when the order gets through."""
     corrected = payload_file.read_bytes() if payload_file is not None else None
-    letter, response = run_with_temporal(as_json, lambda i: i.replay(dead_letter_id, corrected))
+    letter, response = run_with_temporal(
+        as_json,
+        Permission.INTAKE_MANAGE,
+        lambda i, p: i.replay(dead_letter_id, corrected, principal=p),
+    )
     if as_json:
         oms_cli.emit_json(
             {"dead_letter": letter, "status": response.status_code, "result": response.body()}
@@ -411,7 +460,9 @@ def dlq_discard(
     as_json: bool = JsonOpt,
 ) -> None:
     """Give up on a dead letter; stock and credit its order held are released."""
-    letter = run_db(as_json, lambda i: i.discard(dead_letter_id, reason))
+    letter = run_db(
+        as_json, Permission.INTAKE_MANAGE, lambda i, p: i.discard(p, dead_letter_id, reason)
+    )
     if as_json:
         oms_cli.emit_json(letter)
         return

@@ -13,13 +13,18 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
+import structlog
+
+from activities.auth_store import AuthStore
 from activities.intake_store import IntakeStore
 from models.catalog import Catalog
 from models.errors import OmsError
 from starter.intake.metrics import IntakeMetrics
 from starter.intake.settings import IntakeSettings
-from starter.intake.transient import classify
+from starter.intake.transient import classify, public_message
 from starter.service import OmsService
+
+log = structlog.get_logger("starter.intake")  # the package's one logger name
 
 T = TypeVar("T")
 
@@ -33,6 +38,7 @@ class IntakeCore:
     settings: IntakeSettings
     metrics: IntakeMetrics
     clock: Callable[[], datetime]
+    principals: AuthStore
     _spool_lock: threading.Lock
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -49,4 +55,6 @@ class IntakeCore:
             transient = classify(exc)
             if transient is None:
                 raise
-            raise OmsError(*transient) from exc
+            code, detail = transient
+            log.warning("intake.query_failed", code=code.value, error=detail)
+            raise OmsError(code, public_message(code)) from exc

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
 
 import structlog
 
@@ -15,21 +13,15 @@ from models.channels import content_type as channel_content_type
 from models.intake_rules import CustomerTier, Decision, estimate_term_value, priority_score
 from models.orders import Channel, ParsedItem
 from starter.intake.spool import DeadLetterSpool
+from starter.intake.submission import Submission, _Replay
 from starter.intake.transient import classify
 
 log = structlog.get_logger("starter.intake")  # the package's one logger name
 
-# Request headers kept with a dead letter (what a replay needs; never credentials).
+# Request headers kept with a dead letter (what a replay needs; never credentials: the
+# Authorization header is not kept, a replay acts for the principal recorded with the letter).
 KEPT_HEADERS = ("stripe-signature", "content-type", "user-agent", "x-request-id")
 BASE64_SUFFIX = ";base64"
-
-
-@dataclass
-class _Replay:
-    """A dead letter being replayed: failures of its payload fold into it."""
-
-    dead_letter_id: int
-    used: bool = False
 
 
 class DeadLetterWriter(DeadLetterSpool):
@@ -37,10 +29,8 @@ class DeadLetterWriter(DeadLetterSpool):
 
     def _draft(
         self,
-        ch: Channel,
+        sub: Submission,
         item: ParsedItem,
-        hdrs: dict[str, str],
-        received: datetime,
         code: str,
         reason: str,
         rule: str | None,
@@ -52,25 +42,30 @@ class DeadLetterWriter(DeadLetterSpool):
         else:
             value, currency = estimate_term_value(self.catalog, item.hint)
             priority = priority_score(value, currency, CustomerTier.NEW)
-        key = item.order.key if item.order is not None else None
-        if key is None and item.hint.channel_order_id:
-            key = f"{ch.value}:{item.hint.channel_order_id}"
+        channel_order_id = item.channel_order_id
         return DeadLetterDraft(
-            channel=ch.value,
+            channel=sub.channel.value,
             payload=item.raw,
             content_type=item.content_type,
-            headers=_kept(hdrs),
+            headers=_kept(sub.hdrs),
             reason=reason,
             error_code=code,
             rule=rule,
             attempts=attempts,
             priority=priority,
-            order_key=key,
-            received_at=received,
+            order_key=f"{sub.channel.value}:{channel_order_id}" if channel_order_id else None,
+            order_id=sub.order_id(channel_order_id) if channel_order_id else None,
+            tenant_id=sub.tenant_id,
+            principal_id=sub.scope_id,
+            received_at=sub.received,
         )
 
     async def _dead_letter(self, draft: DeadLetterDraft, replay: _Replay | None) -> int | None:
-        """Record a dead letter (or fold it into the replayed one); spool it if the DB fails."""
+        """Record a dead letter (or fold it into the replayed one); spool it if the DB fails.
+
+        Card-like numbers are masked before anything is written, the spool included.
+        """
+        draft = draft.redacted()
         self.metrics.dead_lettered.labels(draft.channel, draft.error_code).inc()
         for attempt in range(2):
             try:

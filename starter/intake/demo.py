@@ -10,7 +10,9 @@ import structlog
 
 from activities.intake_store import CreditAccountSeed, IntakeStore
 from models.errors import ErrorCode, OmsError
+from models.identity import DEFAULT_TENANT
 from models.ids import customer_id_for_email
+from models.redact import contains_card
 
 log = structlog.get_logger("starter.intake")  # the package's one logger name
 
@@ -74,6 +76,8 @@ async def seed(
     store: IntakeStore,
     data: Mapping[str, Any] | None = None,
     tokenize: Callable[[str], str] | None = None,
+    *,
+    tenant_id: str = DEFAULT_TENANT,
 ) -> dict[str, Any]:
     """Load credit accounts and stock (idempotent: accounts and stock are overwritten).
 
@@ -84,6 +88,8 @@ async def seed(
             ``payment_method`` is a ``pm_...`` token or ``card:NUMBER`` (a test card).
         tokenize: Turns a test card number into a ``pm_...`` token (the local gateway); without
             it ``card:`` methods are left unset.
+        tenant_id: The tenant the accounts belong to (the caller's; a file cannot name one).
+            Stock is global, like the catalog.
     """
     data = DEMO_SEED if data is None else data
     accounts: list[dict[str, Any]] = []
@@ -97,13 +103,21 @@ async def seed(
             raise OmsError(
                 ErrorCode.INVALID_REQUEST, f"seed account needs account_id or email: {raw}"
             )
+        if contains_card(str(account_id)):
+            raise OmsError(
+                ErrorCode.INVALID_REQUEST, "an account id must not look like a card number"
+            )
         method = entry.pop("payment_method", None)
         pm: str | None = None
         if isinstance(method, str) and method.startswith("card:"):
             pm = await asyncio.to_thread(tokenize, method[5:]) if tokenize else None
         elif isinstance(method, str):
             pm = method
-        known = set(CreditAccountSeed.__dataclass_fields__) - {"account_id", "payment_method_id"}
+        known = set(CreditAccountSeed.__dataclass_fields__) - {
+            "account_id",
+            "payment_method_id",
+            "tenant_id",  # the caller's, never the file's
+        }
         unknown = set(entry) - known
         if unknown:
             raise OmsError(
@@ -112,7 +126,9 @@ async def seed(
             )
         row = await asyncio.to_thread(
             store.upsert_credit_account,
-            CreditAccountSeed(account_id=account_id, payment_method_id=pm, **entry),
+            CreditAccountSeed(
+                account_id=account_id, payment_method_id=pm, tenant_id=tenant_id, **entry
+            ),
         )
         accounts.append({"account_id": row.account_id, "name": row.name, "payment_method_id": pm})
     stock: dict[str, int] = {}

@@ -1,4 +1,4 @@
-"""One order through the intake: claim (rules, reservations), start, record; retries."""
+"""One order through the intake: access, claim (rules, reservations), start, record; retries."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
 
 from activities.intake_store import ClaimOutcome, OrderStatus
 from models.errors import ErrorCode, OmsError, http_status
-from models.intake_rules import Decision, IntakeFacts, evaluate
+from models.identity import Role
+from models.intake_rules import Decision, IntakeFacts, Violation, check_order_access, evaluate
 from models.orders import BillingMode, CanonicalOrder, Channel, ParsedItem
+from models.redact import redact_cards
 from models.subscription import Actor, StartResult
-from starter.intake.dead_letters import DeadLetterWriter, _Replay
+from starter.intake.dead_letters import DeadLetterWriter
 from starter.intake.results import INTERNAL, IntakeError, ItemResult, Outcome
-from starter.intake.transient import _Unavailable, classify
+from starter.intake.submission import Submission
+from starter.intake.transient import _Unavailable, classify, public_message
 from starter.service import SubscribeRequest
 
 log = structlog.get_logger("starter.intake")  # the package's one logger name
@@ -30,28 +32,23 @@ T = TypeVar("T")
 class OrderPath(DeadLetterWriter):
     """The intake of one order of a payload (``IntakeService._handle`` calls ``_item``)."""
 
-    async def _item(
-        self,
-        ch: Channel,
-        item: ParsedItem,
-        hdrs: dict[str, str],
-        received: datetime,
-        replay: _Replay | None,
-    ) -> ItemResult:
+    async def _item(self, sub: Submission, item: ParsedItem, replay_item: bool) -> ItemResult:
+        """One order of the payload (``replay_item``: its failures fold into the replayed one)."""
+        ch = sub.channel
+        replay = sub.replay if replay_item else None
         self.metrics.received.labels(ch.value).inc()
         try:
             if item.error is not None:
-                return await self._malformed(ch, item, hdrs, received, replay)
+                return await self._malformed(sub, item, replay_item)
             assert item.order is not None
-            return await self._order(ch, item, item.order, hdrs, received, replay)
+            order = item.order.scoped(sub.tenant_id, sub.scope_id)
+            return await self._order(sub, item, order, replay_item)
         except Exception as exc:  # a bug: still never lose the order
             log.exception("intake.internal_error", channel=ch.value, index=item.index)
             dl_id = await self._dead_letter(
                 self._draft(
-                    ch,
+                    sub,
                     item,
-                    hdrs,
-                    received,
                     INTERNAL,
                     f"internal error: {exc!r}"[:900],
                     "intake.internal",
@@ -74,29 +71,25 @@ class OrderPath(DeadLetterWriter):
                 ),
             )
 
-    async def _malformed(
-        self,
-        ch: Channel,
-        item: ParsedItem,
-        hdrs: dict[str, str],
-        received: datetime,
-        replay: _Replay | None,
-    ) -> ItemResult:
+    async def _malformed(self, sub: Submission, item: ParsedItem, replay_item: bool) -> ItemResult:
+        ch = sub.channel
         err = item.error
         assert err is not None
         if item.hint.channel_order_id:
-            # A broken copy of an order that was accepted (e.g. after a corrected replay): the
-            # order exists, so answer with its result instead of dead-lettering it again.
+            # A broken copy of an order of this sender that was accepted (e.g. after a corrected
+            # replay): the order exists with other terms, so this copy is refused like any other
+            # body sent under the same order id (409), and not dead-lettered again.
             try:
-                known = await self._db(self.store.get_order, ch.value, item.hint.channel_order_id)
+                known = await self._db(
+                    self.store.order_by_id, sub.order_id(item.hint.channel_order_id)
+                )
             except Exception:
                 known = None
             if known is not None and known.status == OrderStatus.ACCEPTED:
-                self.metrics.duplicates.labels(ch.value).inc()
-                return self._ok(item, Outcome.DUPLICATE, json.loads(known.result))
+                return self._conflict(sub, item, item.hint.channel_order_id)
         dl_id = await self._dead_letter(
-            self._draft(ch, item, hdrs, received, err.code.value, err.message, err.rule, 1, None),
-            replay,
+            self._draft(sub, item, err.code.value, err.message, err.rule, 1, None),
+            sub.replay if replay_item else None,
         )
         log.warning(
             "intake.item_malformed",
@@ -121,28 +114,33 @@ class OrderPath(DeadLetterWriter):
         )
 
     async def _order(
-        self,
-        ch: Channel,
-        item: ParsedItem,
-        order: CanonicalOrder,
-        hdrs: dict[str, str],
-        received: datetime,
-        replay: _Replay | None,
+        self, sub: Submission, item: ParsedItem, order: CanonicalOrder, replay_item: bool
     ) -> ItemResult:
+        ch = sub.channel
         t0 = time.monotonic()
         deadline = t0 + self.settings.budget_s
         attempts = [0]
         sku = self._sku(order)
+        access = check_order_access(order, sub.principal)
+        if access.refused is not None:  # nothing is recorded, reserved or started
+            return self._refused(sub, item, order, access.refused)
 
         def decide(facts: IntakeFacts) -> Decision:
             return evaluate(order, self.catalog, facts)
 
         try:
             claim = await self._retry(
-                ch, lambda: self._db(self.store.claim, order, sku, decide), deadline, attempts
+                ch,
+                lambda: self._db(
+                    self.store.claim, order, sku, decide, use_account=access.use_account
+                ),
+                deadline,
+                attempts,
             )
         except _Unavailable as u:
-            return await self._give_up(ch, item, order, None, u, hdrs, received, replay)
+            return await self._give_up(sub, item, order, None, u, replay_item)
+        if claim.outcome == ClaimOutcome.CONFLICT:
+            return self._conflict(sub, item, order.channel_order_id)
         if claim.outcome == ClaimOutcome.DUPLICATE:
             self.metrics.duplicates.labels(ch.value).inc()
             log.info("intake.duplicate", channel=ch.value, order_id=order.order_id)
@@ -154,15 +152,14 @@ class OrderPath(DeadLetterWriter):
         t_claimed = time.monotonic()
         try:
             started = await self._retry(
-                ch, lambda: self._start(order, decision), deadline, attempts
+                ch, lambda: self._start(sub, order, decision), deadline, attempts
             )
         except _Unavailable as u:
-            return await self._give_up(ch, item, order, decision, u, hdrs, received, replay)
+            return await self._give_up(sub, item, order, decision, u, replay_item)
         except OmsError as err:  # the workflow (or the service's own checks) refused it
             await self._db(
                 self.store.release,
-                ch.value,
-                order.channel_order_id,
+                order.order_id,
                 OrderStatus.REJECTED,
                 rule="workflow.start",
                 error_code=err.code.value,
@@ -191,11 +188,7 @@ class OrderPath(DeadLetterWriter):
             first = await self._retry(
                 ch,
                 lambda: self._db(
-                    self.store.complete,
-                    ch.value,
-                    order.channel_order_id,
-                    started.subscription_id,
-                    body,
+                    self.store.complete, order.order_id, started.subscription_id, body
                 ),
                 time.monotonic() + self.settings.budget_s,
                 [0],
@@ -216,6 +209,8 @@ class OrderPath(DeadLetterWriter):
             "intake.accepted",
             channel=ch.value,
             order_id=order.order_id,
+            principal=sub.principal.id,
+            tenant=sub.tenant_id,
             subscription_id=started.subscription_id,
             rule_set=decision.rule_set.value,
             attempts=attempts[0],
@@ -232,6 +227,55 @@ class OrderPath(DeadLetterWriter):
             index=item.index,
             channel_order_id=item.channel_order_id,
             order=body,
+        )
+
+    def _refused(
+        self, sub: Submission, item: ParsedItem, order: CanonicalOrder, v: Violation
+    ) -> ItemResult:
+        """An order the principal may not place (access rules): refused, nothing written."""
+        ch = sub.channel
+        self.metrics.rejected.labels(ch.value, v.rule, v.code.value).inc()
+        log.warning(
+            "intake.refused",
+            channel=ch.value,
+            order_id=order.order_id,
+            principal=sub.principal.id,
+            role=sub.principal.role.value,
+            tenant=sub.tenant_id,
+            rule=v.rule,
+            code=v.code.value,
+        )
+        return ItemResult(
+            outcome=Outcome.REJECTED,
+            status_code=http_status(v.code),
+            index=item.index,
+            channel_order_id=item.channel_order_id,
+            error=IntakeError(code=v.code, message=v.message, rule=v.rule),
+        )
+
+    def _conflict(self, sub: Submission, item: ParsedItem, channel_order_id: str) -> ItemResult:
+        """The same order id came before from this sender with other terms: 409, nothing done."""
+        ch = sub.channel
+        code = ErrorCode.IDEMPOTENCY_KEY_REUSED
+        self.metrics.rejected.labels(ch.value, "order.idempotency", code.value).inc()
+        log.info(
+            "intake.conflict",
+            channel=ch.value,
+            order_id=sub.order_id(channel_order_id),
+            principal=sub.principal.id,
+        )
+        return ItemResult(
+            outcome=Outcome.REJECTED,
+            status_code=http_status(code),
+            index=item.index,
+            channel_order_id=item.channel_order_id,
+            error=IntakeError(
+                code=code,
+                message=f"order id {redact_cards(channel_order_id)[:200]!r} was already sent "
+                "with other terms; the first order stands. Send a new order id for a new order, "
+                "or the same terms to get the first order's answer",
+                rule="order.idempotency",
+            ),
         )
 
     def _rejected(
@@ -259,25 +303,22 @@ class OrderPath(DeadLetterWriter):
 
     async def _give_up(
         self,
-        ch: Channel,
+        sub: Submission,
         item: ParsedItem,
         order: CanonicalOrder,
         decision: Decision | None,
         u: _Unavailable,
-        hdrs: dict[str, str],
-        received: datetime,
-        replay: _Replay | None,
+        replay_item: bool,
     ) -> ItemResult:
+        ch = sub.channel
         rule = {
             ErrorCode.DATABASE_UNAVAILABLE: "dependency.database",
             ErrorCode.GATEWAY_UNAVAILABLE: "dependency.gateway",
             ErrorCode.TIMEOUT: "dependency.timeout",
         }.get(u.code, "dependency.temporal")
         dl_id = await self._dead_letter(
-            self._draft(
-                ch, item, hdrs, received, u.code.value, u.message, rule, u.attempts, decision
-            ),
-            replay,
+            self._draft(sub, item, u.code.value, u.message, rule, u.attempts, decision),
+            sub.replay if replay_item else None,
         )
         log.warning(
             "intake.dead_lettered",
@@ -295,8 +336,9 @@ class OrderPath(DeadLetterWriter):
             channel_order_id=order.channel_order_id,
             error=IntakeError(
                 code=u.code,
-                message=f"{u.message}; the order was recorded as {where} after {u.attempts} "
-                "attempt(s): send it again later (same order id) or replay the dead letter",
+                message=f"{public_message(u.code)}; the order was recorded as {where} after "
+                f"{u.attempts} attempt(s): send it again later (same order id) or replay the "
+                "dead letter",
                 rule=rule,
                 dead_letter_id=dl_id,
             ),
@@ -311,7 +353,14 @@ class OrderPath(DeadLetterWriter):
             return None
         return (plan.sku or plan.plan_id) if plan.kind == "physical" else None
 
-    async def _start(self, order: CanonicalOrder, decision: Decision) -> StartResult:
+    async def _start(
+        self, sub: Submission, order: CanonicalOrder, decision: Decision
+    ) -> StartResult:
+        p = sub.principal
+        reason = f"order {order.channel_order_id}"
+        if sub.replayed_by is not None:
+            reason += f" (dead letter replayed by {sub.replayed_by.id})"
+
         async def go() -> StartResult:
             service = await self.service()
             req = SubscribeRequest(
@@ -321,19 +370,28 @@ class OrderPath(DeadLetterWriter):
                 interval=order.interval.value,
                 currency=order.currency,
                 payment_method_id=decision.payment_method_id,
-                trial_days=order.trial_days,
+                trial_days=None,  # the plan's (rule catalog.trial refused any other)
                 quantity=order.quantity,
                 timezone=order.timezone,
                 anchor_day=order.anchor_day,
                 request_id=order.request_id,
             )
+            # Who, from the authenticated principal only (never from the payload).
             actor = Actor(
-                actor=f"intake:{order.partner_id or order.channel.value}"[:200],
+                actor=p.id,
                 channel=f"intake:{order.channel.value}",
-                reason=f"order {order.channel_order_id}"[:500],
+                reason=redact_cards(reason)[:500],
                 request_id=order.request_id,
+                tenant_id=p.tenant_id,
+                role=p.role.value,
             )
-            return await service.subscribe(req, actor, wait_for_payment=False)
+            return await service.subscribe(
+                req,
+                actor,
+                wait_for_payment=False,
+                tenant_id=order.tenant_id,
+                customer_id=p.customer_id if p.role == Role.CUSTOMER else None,
+            )
 
         return await asyncio.wait_for(go(), self.settings.attempt_timeout_s)
 

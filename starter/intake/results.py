@@ -12,6 +12,11 @@ from models.errors import http_status
 
 # Error code of an unexpected failure (a bug): dead-lettered, answered with HTTP 500.
 INTERNAL = "INTERNAL"
+# Refusals that decide nothing about the order itself (who may send it, a clash with an earlier
+# copy): a replay answered only with these leaves its dead letter open.
+NOT_JUDGED_RULES = frozenset(
+    {"access.permission", "access.channel", "access.partner", "access.account", "order.idempotency"}
+)
 
 
 class Outcome(StrEnum):
@@ -79,6 +84,16 @@ class IntakeResponse(BaseModel):
         if self.ignored is not None or self.batch:
             return 200
         return self.items[0].status_code
+
+    @property
+    def judged(self) -> bool:
+        """Whether the payload got through to a decision (an answer, a rule's verdict), rather
+        than being refused only for who sent it or as a clash with an earlier copy."""
+        if self.error is not None:
+            return self.error.rule not in NOT_JUDGED_RULES
+        if self.ignored is not None or not self.items:
+            return True
+        return not all(i.error is not None and i.error.rule in NOT_JUDGED_RULES for i in self.items)
 
     def summary(self) -> dict[str, int]:
         counts = {"received": len(self.items)}

@@ -2,6 +2,11 @@
 
 The order path, dead-letter recording, the spool and the operations are mixins from the sibling
 modules; see the package docstring for the flow.
+
+Every call names the authenticated principal it acts for. ``handle`` checks that it may submit
+orders through the channel (``models.intake_rules.check_channel_access``) before reading the
+payload; each order is then checked against the accounts the principal may bill. A replay needs
+``intake:manage`` and acts for the principal that sent the dead letter.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from typing import Any
 
 import structlog
 
+from activities.auth_store import AuthStore
 from activities.intake_store import DeadLetterDraft, DeadLetterStatus, IntakeStore
+from activities.intake_tables import DeadLetter
 from models.catalog import Catalog
 from models.channels import parse_payload
 from models.errors import ErrorCode, OmsError
+from models.identity import Permission, Principal
+from models.intake_rules import check_channel_access
 from models.orders import (
     BATCH_CHANNELS,
     AdapterContext,
@@ -29,12 +38,19 @@ from models.orders import (
     ParsedPayload,
     parse_channel,
 )
-from starter.intake.dead_letters import BASE64_SUFFIX, _kept, _payload_text, _Replay
+from models.redact import redact_cards
+from starter.intake.dead_letters import BASE64_SUFFIX, _kept, _payload_text
 from starter.intake.metrics import IntakeMetrics
 from starter.intake.operations import DeadLetterOperations, _dl_not_found, dead_letter_view
 from starter.intake.order_path import OrderPath
 from starter.intake.results import IntakeError, IntakeResponse, ItemResult
 from starter.intake.settings import IntakeSettings
+from starter.intake.submission import (
+    STRIPE_CHECKOUT_PRINCIPAL_ID,
+    Submission,
+    _Replay,
+    stripe_checkout_principal,
+)
 from starter.service import OmsService
 
 log = structlog.get_logger("starter.intake")  # the package's one logger name
@@ -56,6 +72,7 @@ class IntakeService(DeadLetterOperations, OrderPath):
         *,
         metrics: IntakeMetrics | None = None,
         clock: Callable[[], datetime] = _wall_clock,
+        principals: AuthStore | None = None,
     ) -> None:
         """Args:
         service: Returns the connected service (raises ``OmsError(TEMPORAL_UNAVAILABLE)``
@@ -65,6 +82,8 @@ class IntakeService(DeadLetterOperations, OrderPath):
         settings: Budgets, secret, spool; defaults for local development.
         metrics: Where the counters go (a fresh registry by default).
         clock: The wall clock (signature tolerance, dead-letter receipt times).
+        principals: The principal store (a replay acts for the letter's sender, read from it);
+            by default the one in the intake store's database.
         """
         self.service = service
         self.store = store
@@ -72,6 +91,7 @@ class IntakeService(DeadLetterOperations, OrderPath):
         self.settings = settings or IntakeSettings()
         self.metrics = metrics or IntakeMetrics()
         self.clock = clock
+        self.principals = principals or AuthStore(store.engine)
         self._spool_lock = threading.Lock()
 
     # --- entry point --------------------------------------------------------------------
@@ -82,25 +102,51 @@ class IntakeService(DeadLetterOperations, OrderPath):
         body: bytes | str,
         headers: Mapping[str, str] | None = None,
         *,
+        principal: Principal,
         received_at: datetime | None = None,
-        replay_of: int | None = None,
         on_item: Callable[[ItemResult], None] | None = None,
     ) -> IntakeResponse:
-        """Process one payload of ``channel``; never raises for bad input or outages.
+        """Process one payload of ``channel`` sent by ``principal``; never raises for bad input,
+        refusals or outages.
 
         Args:
             channel: The channel name (URL segment).
             body: The payload exactly as received.
             headers: Request headers (any case).
-            received_at: When it was received (a replay passes the original receipt time, so
-                signature tolerance is measured from then); default now.
-            replay_of: The dead letter this payload replays (its failures fold into it).
+            principal: Who sent it (authenticated by the caller). ``stripe-checkout`` payloads
+                act as the ``stripe-checkout`` service principal whoever submits them (their
+                signature is their credential).
+            received_at: When it was received; default now.
             on_item: Called as each order of the payload is finished (CLI progress).
         """
+        return await self._receive(
+            channel, body, headers, principal, principal.id, received_at, None, None, on_item
+        )
+
+    async def _receive(
+        self,
+        channel: str,
+        body: bytes | str,
+        headers: Mapping[str, str] | None,
+        principal: Principal,
+        scope_id: str | None,
+        received_at: datetime | None,
+        replay: _Replay | None,
+        replayed_by: Principal | None,
+        on_item: Callable[[ItemResult], None] | None,
+    ) -> IntakeResponse:
         started = time.monotonic()
         hdrs = {k.lower(): v for k, v in (headers or {}).items()}
         received = received_at or self.clock()
-        replay = _Replay(replay_of) if replay_of is not None else None
+        if not principal.can(Permission.ORDERS_SUBMIT):  # before anything else is said
+            return self._denied(
+                channel,
+                principal,
+                ErrorCode.FORBIDDEN,
+                f"a {principal.role.value} may not submit orders (needs "
+                f"{Permission.ORDERS_SUBMIT.value}); ask an operator of your tenant",
+                "access.permission",
+            )
         try:
             ch = parse_channel(channel)
         except OmsError as err:
@@ -110,9 +156,32 @@ class IntakeService(DeadLetterOperations, OrderPath):
                 channel=channel[:40],
                 error=IntakeError(code=err.code, message=err.message, rule="channel.known"),
             )
-        response = await self._handle(ch, body, hdrs, received, replay, on_item)
+        denied = check_channel_access(principal, ch)
+        if denied is not None:
+            return self._denied(ch.value, principal, denied.code, denied.message, denied.rule)
+        if ch == Channel.STRIPE_CHECKOUT:
+            principal, scope_id = stripe_checkout_principal(), STRIPE_CHECKOUT_PRINCIPAL_ID
+        sub = Submission(
+            channel=ch,
+            principal=principal,
+            scope_id=scope_id,
+            hdrs=hdrs,
+            received=received,
+            replay=replay,
+            replayed_by=replayed_by,
+        )
+        response = await self._handle(sub, body, on_item)
         if replay is not None and not replay.used:
-            await self._resolve_replay(replay.dead_letter_id, response)
+            assert replayed_by is not None
+            if response.judged:
+                await self._resolve_replay(replay.dead_letter_id, response, replayed_by)
+            else:  # refused for who sent it, or as another copy: nothing was decided
+                log.info(
+                    "intake.replay_refused",
+                    dead_letter_id=replay.dead_letter_id,
+                    sender=principal.id,
+                    by=replayed_by.id,
+                )
         if response.error is not None:
             outcome = "refused"
         elif len(response.items) == 1:
@@ -122,20 +191,34 @@ class IntakeService(DeadLetterOperations, OrderPath):
         self.metrics.latency.labels(ch.value, outcome).observe(time.monotonic() - started)
         return response
 
+    def _denied(
+        self, channel: str, principal: Principal, code: ErrorCode, message: str, rule: str
+    ) -> IntakeResponse:
+        """A principal that may not send this payload at all: refused before it is read."""
+        log.warning(
+            "intake.denied",
+            channel=channel[:40],
+            principal=principal.id,
+            role=principal.role.value,
+            tenant=principal.tenant_id,
+            rule=rule,
+        )
+        return IntakeResponse(
+            channel=channel[:40], error=IntakeError(code=code, message=message, rule=rule)
+        )
+
     async def _handle(
         self,
-        ch: Channel,
+        sub: Submission,
         body: bytes | str,
-        hdrs: dict[str, str],
-        received: datetime,
-        replay: _Replay | None,
         on_item: Callable[[ItemResult], None] | None,
     ) -> IntakeResponse:
+        ch, replay = sub.channel, sub.replay
         batch = ch in BATCH_CHANNELS
         ctx = AdapterContext(
             catalog=self.catalog,
-            now=received,
-            headers=hdrs,
+            now=sub.received,
+            headers=sub.hdrs,
             webhook_secret=self.settings.webhook_secret,
             signature_tolerance_s=self.settings.signature_tolerance_s,
             max_items=self.settings.max_batch_items,
@@ -156,11 +239,13 @@ class IntakeService(DeadLetterOperations, OrderPath):
                     channel=ch.value,
                     payload=text,
                     content_type=media,
-                    headers=_kept(hdrs),
+                    headers=_kept(sub.hdrs),
                     reason=err.message,
                     error_code=err.code.value,
                     rule=rule,
-                    received_at=received,
+                    received_at=sub.received,
+                    tenant_id=sub.tenant_id,
+                    principal_id=sub.scope_id,
                 ),
                 replay,
             )
@@ -168,7 +253,7 @@ class IntakeService(DeadLetterOperations, OrderPath):
                 "intake.payload_refused",
                 channel=ch.value,
                 code=err.code.value,
-                reason=err.message,
+                reason=redact_cards(err.message),
                 dead_letter_id=dl_id,
             )
             return IntakeResponse(
@@ -183,9 +268,9 @@ class IntakeService(DeadLetterOperations, OrderPath):
             log.info("intake.ignored", channel=ch.value, reason=parsed.ignored)
             return IntakeResponse(channel=ch.value, ignored=parsed.ignored)
         # A replay folds failures into its dead letter only when the payload is one order.
-        item_replay = replay if replay is not None and len(parsed.items) == 1 else None
+        item_replay = replay is not None and len(parsed.items) == 1
         if len(parsed.items) == 1:
-            results = [await self._item(ch, parsed.items[0], hdrs, received, item_replay)]
+            results = [await self._item(sub, parsed.items[0], item_replay)]
             if on_item is not None:
                 on_item(results[0])
         else:
@@ -193,7 +278,7 @@ class IntakeService(DeadLetterOperations, OrderPath):
 
             async def one(item: ParsedItem) -> ItemResult:
                 async with gate:
-                    result = await self._item(ch, item, hdrs, received, None)
+                    result = await self._item(sub, item, False)
                 if on_item is not None:
                     on_item(result)
                 return result
@@ -208,16 +293,24 @@ class IntakeService(DeadLetterOperations, OrderPath):
         dead_letter_id: int,
         payload: bytes | str | None = None,
         on_item: Callable[[ItemResult], None] | None = None,
+        *,
+        principal: Principal,
     ) -> tuple[dict[str, Any], IntakeResponse]:
         """Process a dead letter's payload again (or a corrected one); returns (letter, outcome).
 
-        The letter is closed as ``replayed`` when the payload got through (accepted, a duplicate,
-        or a business rejection); when it fails again it stays open with one more attempt.
+        ``principal`` (an operator: ``intake:manage``) replays a letter of its tenant; the payload
+        acts for the principal that sent it (its accounts, its order ids, the subscription's
+        actor), read again from the principal store. The letter is closed as ``replayed`` when the
+        payload got through (accepted, a duplicate, or a business rejection); when it fails again
+        it stays open with one more attempt.
 
         Raises:
-            OmsError: ``DEAD_LETTER_NOT_FOUND``; ``INVALID_REQUEST`` when it is not open.
+            OmsError: ``FORBIDDEN`` without ``intake:manage`` or when the sender is no longer an
+                active principal of the tenant; ``NOT_FOUND`` (also for another tenant's letter);
+                ``INVALID_REQUEST`` when it is not open.
         """
-        row = await self._query(self.store.get_dead_letter, dead_letter_id)
+        principal.require(Permission.INTAKE_MANAGE)
+        row = await self._query(self.store.get_dead_letter, dead_letter_id, principal.tenant_id)
         if row is None:
             raise _dl_not_found(dead_letter_id)
         if row.status != DeadLetterStatus.OPEN:
@@ -225,6 +318,7 @@ class IntakeService(DeadLetterOperations, OrderPath):
                 ErrorCode.INVALID_REQUEST,
                 f"dead letter {dead_letter_id} is {row.status}, not open; nothing to replay",
             )
+        sender, scope_id = await self._sender(row, principal)
         if payload is None:
             body: bytes | str = row.payload
             if row.content_type.endswith(BASE64_SUFFIX):
@@ -236,21 +330,44 @@ class IntakeService(DeadLetterOperations, OrderPath):
             dead_letter_id=dead_letter_id,
             channel=row.channel,
             corrected=payload is not None,
+            sender=sender.id,
+            by=principal.id,
         )
-        response = await self.handle(
+        response = await self._receive(
             row.channel,
             body,
             json.loads(row.headers or "{}"),
-            received_at=row.received_at,
-            replay_of=dead_letter_id,
-            on_item=on_item,
+            sender,
+            scope_id,
+            row.received_at,
+            _Replay(dead_letter_id),
+            principal,
+            on_item,
         )
-        after = await self._query(self.store.get_dead_letter, dead_letter_id)
+        after = await self._query(self.store.get_dead_letter, dead_letter_id, principal.tenant_id)
         assert after is not None
         return dead_letter_view(after, full=True), response
 
-    async def _resolve_replay(self, dead_letter_id: int, response: IntakeResponse) -> None:
-        resolution: dict[str, Any] = {"outcome": "replayed"}
+    async def _sender(self, row: DeadLetter, by: Principal) -> tuple[Principal, str | None]:
+        """Who a dead letter's payload acts for when replayed, and the scope of its order ids."""
+        if row.principal_id is None:  # received before intake authenticated its callers
+            return by, None
+        if row.principal_id == STRIPE_CHECKOUT_PRINCIPAL_ID:
+            return stripe_checkout_principal(), STRIPE_CHECKOUT_PRINCIPAL_ID
+        sender = await self._query(self.principals.principal, row.principal_id)
+        if sender is None or sender.tenant_id != row.tenant_id:
+            raise OmsError(
+                ErrorCode.FORBIDDEN,
+                f"dead letter {row.id} was sent by {row.principal_id}, which is no longer an "
+                "active principal of this tenant, and a replay acts for its sender; discard it, "
+                "or submit the order again yourself (oms intake file)",
+            )
+        return sender, sender.id
+
+    async def _resolve_replay(
+        self, dead_letter_id: int, response: IntakeResponse, by: Principal
+    ) -> None:
+        resolution: dict[str, Any] = {"outcome": "replayed", "by": by.id}
         if response.ignored is not None:
             resolution["ignored"] = response.ignored
         else:
@@ -259,5 +376,9 @@ class IntakeService(DeadLetterOperations, OrderPath):
             if subs:
                 resolution["subscription_ids"] = subs[:50]
         await self._query(
-            self.store.resolve_dead_letter, dead_letter_id, DeadLetterStatus.REPLAYED, resolution
+            self.store.resolve_dead_letter,
+            dead_letter_id,
+            DeadLetterStatus.REPLAYED,
+            resolution,
+            by.tenant_id,
         )

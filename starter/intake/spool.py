@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 
 from activities.intake_store import DeadLetterDraft
+from models.identity import DEFAULT_TENANT
 from starter.intake.core import IntakeCore
 
 log = structlog.get_logger("starter.intake")  # the package's one logger name
@@ -18,6 +19,7 @@ class DeadLetterSpool(IntakeCore):
     """Writing dead letters to the spool and moving them into the table later."""
 
     def _spool(self, draft: DeadLetterDraft) -> None:
+        draft = draft.redacted()
         path = Path(self.settings.spool_path)
         entry = {
             "channel": draft.channel,
@@ -30,6 +32,9 @@ class DeadLetterSpool(IntakeCore):
             "attempts": draft.attempts,
             "priority": draft.priority,
             "order_key": draft.order_key,
+            "order_id": draft.order_id,
+            "tenant_id": draft.tenant_id,
+            "principal_id": draft.principal_id,
             "received_at": draft.received_at.isoformat(),
         }
         with self._spool_lock:
@@ -74,6 +79,9 @@ class DeadLetterSpool(IntakeCore):
                             attempts=e["attempts"],
                             priority=e["priority"],
                             order_key=e["order_key"],
+                            order_id=e.get("order_id"),
+                            tenant_id=e.get("tenant_id") or DEFAULT_TENANT,
+                            principal_id=e.get("principal_id"),
                             received_at=datetime.fromisoformat(e["received_at"]),
                         )
                     )

@@ -27,6 +27,21 @@ TRANSIENT_RPC = frozenset(
 )
 
 
+# What a caller is told about a dependency that failed: the cause's own text (addresses, driver
+# messages) goes to the log and the dead letter's reason, never into a response.
+PUBLIC_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.TEMPORAL_UNAVAILABLE: "the workflow service (Temporal) is not reachable",
+    ErrorCode.DATABASE_UNAVAILABLE: "the database is not available",
+    ErrorCode.GATEWAY_UNAVAILABLE: "the payment gateway is not reachable",
+    ErrorCode.TIMEOUT: "a step did not finish in time",
+}
+
+
+def public_message(code: ErrorCode) -> str:
+    """The sentence a response carries for a transient failure of ``code``."""
+    return PUBLIC_MESSAGES.get(code, "a dependency is not available")
+
+
 class _Unavailable(Exception):
     """A transient failure that outlasted the retries."""
 

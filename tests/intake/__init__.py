@@ -1,7 +1,8 @@
 """Order intake tests: adapters, rules, store, service, API and CLI.
 
 Shared helpers (plain functions, no fixtures): sample payloads under ``samples/``, Stripe
-signatures made with the real SDK, and the in-process API over the ``stack`` fixture.
+signatures made with the real SDK, the principals orders are sent as, and the in-process API over
+the ``stack`` fixture (which authenticates as the default tenant's operator unless told otherwise).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from typing import Any
 import httpx
 import stripe
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
+from models.identity import DEFAULT_TENANT, Principal, Role
 from starter.api import create_app
 from starter.intake import IntakeSettings
 from starter.intake_api import mount
-from tests.support.auth import operator_headers, with_auth
+from tests.support.auth import operator_headers, principal, with_auth
 from workers.config import Config
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -36,6 +39,12 @@ def sample(name: str) -> str:
 def sample_json(name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads(sample(name))
     return loaded
+
+
+def operator(engine: Engine, tenant_id: str = DEFAULT_TENANT) -> Principal:
+    """The tenant's operator, written to the principal store (the API client's default caller:
+    ``tests.support.auth.operator_headers`` names the same principal)."""
+    return principal(engine, Role.OPERATOR, f"{tenant_id}-operator", tenant_id=tenant_id)
 
 
 def stripe_signature(payload: str, secret: str = TEST_SECRET, timestamp: int | None = None) -> str:

@@ -72,8 +72,11 @@ def test_web_checkout_becomes_one_card_order_with_the_storefront_order_id() -> N
     )
     assert (order.currency, order.quantity, order.billing) == ("USD", 2, BillingMode.CARD)
     assert order.payment_method_id == "pm_card_visa"
-    assert order.timezone == "Europe/London" and order.trial_days == 0
+    assert order.timezone == "Europe/London" and order.trial_days is None  # the plan's trial
     assert order.key == "web:web-1001" and order.request_id.startswith("intake-")
+    with_trial = {**json.loads(sample("web_order.json")), "trial_days": 14}
+    parsed = only_order(parse_payload(Channel.WEB, json.dumps(with_trial), ctx()))
+    assert parsed.trial_days == 14  # read as sent; the rules compare it with the plan's
 
 
 def test_web_invoice_checkout_names_the_account_to_invoice() -> None:

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +25,17 @@ from sqlalchemy import Engine
 from temporalio.testing import WorkflowEnvironment
 from typer.testing import CliRunner
 
+from activities.auth_store import AuthStore
 from activities.gateway import StripeGateway
 from activities.intake_store import CreditAccountSeed, DeadLetterDraft, IntakeStore
 from models import search_attributes
+from models.identity import Principal, Role
+from starter.auth import Authenticator
 from starter.intake_cli import app as intake_app
+from starter.output import set_token
 from tests.intake import SAMPLES, VISA
 from tests.support.procs import ROOT
+from workers.config import load_config
 from workers.main import Dependencies, build_worker
 from workers.servers import start_dev_server
 
@@ -51,8 +56,16 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, db_url: str, engine: Engine) -> str
 def run(*args: str) -> Any:
     # ``oms`` routes logs to stderr (starter.cli.main); here structlog's default would print them
     # on stdout, so they are captured instead.
-    with structlog.testing.capture_logs():
-        return runner.invoke(oms, ["intake", *args])
+    configured = structlog.is_configured()
+    try:
+        with structlog.testing.capture_logs():
+            return runner.invoke(oms, ["intake", *args])
+    finally:
+        if not configured:
+            # capture_logs restores the old settings with structlog.configure(), which marks
+            # structlog configured: commands that configure logging only when it is not (oms
+            # kpis) would then log to stdout in later tests.
+            structlog.reset_defaults()
 
 
 def letters(engine: Engine) -> list[int]:
@@ -113,7 +126,7 @@ def test_dlq_show_and_discard_then_errors_exit_2_with_the_code(
     assert json.loads(again.stdout)["error"]["code"] == "INVALID_REQUEST"
     missing = run("dlq", "show", "424242")
     assert missing.exit_code == 2
-    assert missing.stderr.startswith("error DEAD_LETTER_NOT_FOUND:")
+    assert missing.stderr.startswith("error NOT_FOUND:")
 
 
 def test_seed_loads_demo_accounts_and_stock_idempotently(cli_env: str, engine: Engine) -> None:
@@ -145,6 +158,54 @@ def test_seed_takes_a_file_of_accounts_and_stock(
     bad.write_text("accounts:\n  - {account_id: x, colour: red}\n")
     refused = run("seed", "--file", str(bad), "--no-cards")
     assert refused.exit_code == 2 and "unknown field(s) colour" in refused.stderr
+
+
+@pytest.fixture
+def as_principal(cli_env: str, engine: Engine) -> Iterator[Callable[[Principal], None]]:
+    """Run the next commands with a token for a principal (``--token``/``OMS_TOKEN``)."""
+
+    def use(p: Principal) -> None:
+        store = AuthStore(engine)
+        set_token(Authenticator(load_config().auth, store).issue(store.put_principal(p)))
+
+    yield use
+    set_token(None)
+
+
+def test_commands_need_the_permissions_the_api_routes_need(
+    as_principal: Callable[[Principal], None], engine: Engine
+) -> None:
+    low, _, _ = letters(engine)
+    as_principal(Principal(id="c-1", tenant_id="default", role=Role.CUSTOMER, customer_id="c1"))
+    for args in (
+        ("dlq", "list"),
+        ("dlq", "show", str(low)),
+        ("dlq", "discard", str(low)),
+        ("orders",),
+        ("rejections",),
+        ("seed", "--no-cards"),
+    ):
+        result = run(*args, "--json")
+        assert result.exit_code == 2, (args, result.output)
+        assert json.loads(result.stdout)["error"]["code"] == "FORBIDDEN", args
+    assert IntakeStore(engine).get_dead_letter(low) is not None  # still open, untouched
+    assert IntakeStore(engine).credit_account("acme") is None
+
+
+def test_an_operator_of_another_tenant_sees_and_seeds_only_its_own(
+    as_principal: Callable[[Principal], None], engine: Engine
+) -> None:
+    low, _, _ = letters(engine)  # the default tenant's
+    as_principal(Principal(id="t2-operator", tenant_id="t2", role=Role.OPERATOR))
+    listed = run("dlq", "list", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+    shown = run("dlq", "show", str(low), "--json")
+    assert shown.exit_code == 2 and json.loads(shown.stdout)["error"]["code"] == "NOT_FOUND"
+    seeded = run("seed", "--no-cards", "--json")
+    assert seeded.exit_code == 0, seeded.output
+    store = IntakeStore(engine)
+    assert store.credit_account("acme", "t2") is not None
+    assert store.credit_account("acme") is None  # not the default tenant's
 
 
 def test_an_unreachable_database_exits_3_with_its_code(

@@ -99,8 +99,8 @@ def test_a_claimed_order_reserves_stock_and_once_completed_is_a_duplicate(
     assert again.outcome == ClaimOutcome.CLAIMED and again.row.attempts == 2
     assert store.stock("BEANS-1KG") == (12, 3)
 
-    assert store.complete("web", "beans-1", "sub_1", {"subscription_id": "sub_1"}) is True
-    assert store.complete("web", "beans-1", "sub_1", {"subscription_id": "sub_1"}) is False
+    assert store.complete(order.order_id, "sub_1", {"subscription_id": "sub_1"}) is True
+    assert store.complete(order.order_id, "sub_1", {"subscription_id": "sub_1"}) is False
     dup = claim(store, order)
     assert dup.outcome == ClaimOutcome.DUPLICATE
     assert json.loads(dup.row.result) == {"subscription_id": "sub_1"}
@@ -160,14 +160,13 @@ def test_release_gives_back_stock_and_credit_and_records_why(store: IntakeStore)
     claim(store, beans(3))
     claim(store, invoiced(3))
     store.release(
-        "web",
-        "beans-3",
+        beans(3).order_id,
         OrderStatus.REJECTED,
         rule="workflow.start",
         error_code="SUBSCRIPTION_EXISTS",
         message="ended",
     )
-    store.release("partner", "acme:3", OrderStatus.DISCARDED)
+    store.release(invoiced(3).order_id, OrderStatus.DISCARDED)
     assert store.stock("BEANS-1KG") == (12, 0)
     account = store.credit_account("acme")
     assert account is not None and account.reserved_minor == 0
@@ -231,10 +230,10 @@ def test_a_closed_dead_letter_stays_closed_and_a_new_failure_opens_a_new_one(
 def test_completing_an_order_closes_its_open_dead_letter_as_replayed(store: IntakeStore) -> None:
     order = beans(4)
     claim(store, order)
-    row, _ = store.add_dead_letter(letter(order_key=order.key))
+    row, _ = store.add_dead_letter(letter(order_key=order.key, order_id=order.order_id))
     pending = store.get_order("web", "beans-4")
     assert pending is not None and pending.status == OrderStatus.DEAD_LETTERED
-    store.complete("web", "beans-4", "sub_4", {"subscription_id": "sub_4"})
+    store.complete(order.order_id, "sub_4", {"subscription_id": "sub_4"})
     assert row.id is not None
     after = store.get_dead_letter(row.id)
     assert after is not None and after.status == "replayed" and after.open_key is None
@@ -244,7 +243,7 @@ def test_completing_an_order_closes_its_open_dead_letter_as_replayed(store: Inta
 def test_discarding_a_dead_letter_releases_what_its_order_held(store: IntakeStore) -> None:
     order = beans(5)
     claim(store, order)
-    row, _ = store.add_dead_letter(letter(order_key=order.key))
+    row, _ = store.add_dead_letter(letter(order_key=order.key, order_id=order.order_id))
     assert store.stock("BEANS-1KG") == (12, 3) and row.id is not None
     store.resolve_dead_letter(row.id, DeadLetterStatus.DISCARDED, {"reason": "customer left"})
     assert store.stock("BEANS-1KG") == (12, 0)

@@ -13,7 +13,11 @@ import pytest
 from models.calendar import Interval
 from models.catalog import default_catalog
 from models.errors import ErrorCode
+from models.identity import DEFAULT_TENANT, Principal, Role
+from models.ids import customer_id_for_email
 from models.intake_rules import (
+    ACCESS_RULES,
+    CHANNEL_ROLES,
     RULE_SETS,
     RULES,
     CreditFacts,
@@ -22,6 +26,8 @@ from models.intake_rules import (
     IntakeFacts,
     RuleSetName,
     StockFacts,
+    check_channel_access,
+    check_order_access,
     evaluate,
     priority_score,
     select_rule_set,
@@ -118,7 +124,15 @@ INVOICE = {"billing": BillingMode.INVOICE, "payment_method_id": None, "account_i
     [
         ({"email": "not-an-address"}, None, "order.email", ErrorCode.INVALID_REQUEST),
         ({"timezone": "Mars/Base"}, None, "order.timezone", ErrorCode.INVALID_TIMEZONE),
-        ({"trial_days": 900}, None, "order.terms", ErrorCode.INVALID_REQUEST),
+        # Trials come from the plan: Pro has 14 days; any other length is refused.
+        ({"trial_days": 900}, None, "catalog.trial", ErrorCode.TRIAL_NOT_OFFERED),
+        ({"trial_days": 0}, None, "catalog.trial", ErrorCode.TRIAL_NOT_OFFERED),
+        (
+            {"plan_id": "starter", "trial_days": 30},
+            None,
+            "catalog.trial",
+            ErrorCode.TRIAL_NOT_OFFERED,
+        ),
         (
             {"plan_id": "coffee-beans", "interval": Interval.WEEKLY, "anchor_day": 3},
             GOOD,
@@ -231,10 +245,19 @@ def test_each_rule_fires_first_with_its_stable_code_and_an_actionable_sentence(
 
 def test_every_rule_in_the_table_is_documented_in_docs_intake_md() -> None:
     text = DOCS.read_text()
-    for rule, codes, _ in RULES:
+    for rule, codes, _ in [*RULES, *ACCESS_RULES]:
         assert f"`{rule}`" in text, rule
         for code in codes.split(", "):
             assert code in text
+
+
+def test_a_trial_is_the_plans_own_sent_or_not() -> None:
+    assert judge(order(trial_days=None)).accepted
+    assert judge(order(trial_days=14)).accepted  # Pro's trial, spelled out
+    d = judge(order(trial_days=0))
+    assert d.primary is not None and "14-day trial" in d.primary.message
+    starter = judge(order(plan_id="starter", trial_days=14))
+    assert starter.primary is not None and "no trial" in starter.primary.message
 
 
 def test_a_clean_card_order_from_a_new_customer_is_accepted_under_strict_rules() -> None:
@@ -329,3 +352,101 @@ def test_priority_is_one_year_value_in_major_units_times_tier_weight(
 def test_enterprise_plans_rank_their_failures_as_enterprise_customers() -> None:
     d = judge(order(plan_id="enterprise", interval=Interval.YEARLY, **INVOICE), GOOD)
     assert d.tier == CustomerTier.ENTERPRISE and d.priority == 36_000
+
+
+# --- access: who may send which orders -------------------------------------------------------
+
+
+def who(role: Role, **kw: Any) -> Principal:
+    return Principal(
+        id=f"p-{role.value}", tenant_id=kw.pop("tenant_id", DEFAULT_TENANT), role=role, **kw
+    )
+
+
+ADA = customer_id_for_email("ada@example.com")
+CUSTOMER = who(Role.CUSTOMER, customer_id=ADA)
+PARTNER = who(Role.PARTNER, partner_id="acme", accounts=("acme",))
+
+
+@pytest.mark.parametrize(
+    ("principal", "channel", "rule"),
+    [
+        (who(Role.APPROVER), Channel.WEB, "access.permission"),
+        (who(Role.ADMIN), Channel.WEB, "access.permission"),
+        (CUSTOMER, Channel.PARTNER, "access.channel"),
+        (CUSTOMER, Channel.REFERRAL, "access.channel"),
+        (CUSTOMER, Channel.STRIPE_CHECKOUT, "access.channel"),
+        (PARTNER, Channel.WEB, "access.channel"),
+        (PARTNER, Channel.MOBILE, "access.channel"),
+        (who(Role.SERVICE), Channel.PARTNER, "access.channel"),
+        (who(Role.OPERATOR, tenant_id="t2"), Channel.STRIPE_CHECKOUT, "access.channel"),
+    ],
+)
+def test_channel_access_is_refused_with_forbidden(
+    principal: Principal, channel: Channel, rule: str
+) -> None:
+    v = check_channel_access(principal, channel)
+    assert v is not None and (v.rule, v.code) == (rule, ErrorCode.FORBIDDEN)
+    assert len(v.message) > 25
+
+
+def test_every_channel_takes_orders_from_someone_and_operators_use_all_but_none_others() -> None:
+    for channel, roles in CHANNEL_ROLES.items():
+        assert roles and Role.ADMIN not in roles and Role.APPROVER not in roles
+        assert check_channel_access(who(Role.OPERATOR), channel) is None
+    assert check_channel_access(PARTNER, Channel.PARTNER) is None
+    assert check_channel_access(CUSTOMER, Channel.WEB) is None
+
+
+@pytest.mark.parametrize(
+    ("principal", "kw", "refused", "use_account"),
+    [
+        # The issue's attack: an invoice order naming someone else's account.
+        (CUSTOMER, {**INVOICE, "account_id": "acme"}, "access.account", False),
+        # ... or naming no account: the e-mail's customer account is billed.
+        (
+            CUSTOMER,
+            {**INVOICE, "account_id": None, "email": "cfo@acme.example"},
+            "access.account",
+            False,
+        ),
+        (CUSTOMER, {**INVOICE, "account_id": None}, None, True),  # its own account
+        (CUSTOMER, {"account_id": "acme"}, "access.account", False),  # claiming acme's terms
+        (CUSTOMER, {}, None, True),  # a card order for itself
+        (CUSTOMER, {"email": "someone@example.com"}, None, False),  # judged as a new customer
+        (
+            who(Role.CUSTOMER, customer_id=ADA, accounts=("initech",)),
+            {**INVOICE, "account_id": "initech"},
+            None,
+            True,
+        ),
+        (who(Role.OPERATOR), {**INVOICE, "account_id": "acme"}, None, True),
+        (who(Role.SERVICE), {**INVOICE, "account_id": "acme"}, None, True),
+        (
+            PARTNER,
+            {"channel": Channel.PARTNER, "partner_id": "acme", **INVOICE, "account_id": "acme"},
+            None,
+            True,
+        ),
+        (
+            PARTNER,
+            {"channel": Channel.PARTNER, "partner_id": "acme", **INVOICE, "account_id": "globex"},
+            "access.account",
+            False,
+        ),
+        (
+            PARTNER,
+            {"channel": Channel.PARTNER, "partner_id": "globex", **INVOICE, "account_id": "acme"},
+            "access.partner",
+            False,
+        ),
+    ],
+)
+def test_an_order_may_bill_only_an_account_its_principal_is_authorized_for(
+    principal: Principal, kw: dict[str, Any], refused: str | None, use_account: bool
+) -> None:
+    access = check_order_access(order(**kw), principal)
+    assert (access.refused.rule if access.refused else None) == refused
+    assert access.use_account is use_account
+    if access.refused is not None:
+        assert access.refused.code == ErrorCode.ACCOUNT_NOT_AUTHORIZED
