@@ -56,6 +56,7 @@ class Permission(StrEnum):
     INTAKE_MANAGE = "intake:manage"
     KPIS_READ = "kpis:read"
     CLOCKS_MANAGE = "clocks:manage"
+    WEBHOOKS_MANAGE = "webhooks:manage"
     HEALTH_READ = "health:read"
     TENANTS_MANAGE = "tenants:manage"
     PRINCIPALS_MANAGE = "principals:manage"

@@ -20,7 +20,7 @@ from typing import Any
 from activities.auth_store import AuthStore
 from activities.tables import Subscription
 from models.errors import ErrorCode, OmsError
-from models.identity import Permission, Principal, Role, not_found, scoped_key
+from models.identity import DEFAULT_TENANT, Permission, Principal, Role, not_found, scoped_key
 from models.subscription import (
     Actor,
     ApprovalResult,
@@ -75,28 +75,30 @@ class Access:
         payload: Any,
         subscription_id: str | None = None,
     ) -> str | None:
-        """Bind the client's idempotency key to this principal and this request.
+        """Bind the client's idempotency key to this principal and this request; the id the
+        request gets from it.
 
         A creation (no ``subscription_id``) gets the key scoped to the principal: the same key
-        from two principals names two subscriptions. A request on a subscription keeps the
-        client's key as its request id (approvers and ``oms pending`` show it), bound to the
-        subscription and its first principal: another principal's use, or another body, is
-        ``IDEMPOTENCY_KEY_REUSED``, so nobody ever gets someone else's result.
+        from two principals names two subscriptions. A request on a subscription gets
+        ``req_`` + a digest of (tenant, subscription, key): ids of requests (and of the approvals
+        they open) never collide across subscriptions or tenants, and a retry finds its result.
+        The same key with another body, or from another principal, is ``IDEMPOTENCY_KEY_REUSED``:
+        nobody ever gets someone else's result.
         """
         if not client_key:
             return None
-        limit = 255 if subscription_id is None else 64
-        if len(client_key) > limit:
+        if len(client_key) > 255:
             raise OmsError(
                 ErrorCode.INVALID_REQUEST,
-                f"an idempotency key or request id has at most {limit} characters",
+                "an idempotency key or request id has at most 255 characters",
             )
         p = self.principal
         if subscription_id is None:
             binding = result = scoped_key(p, client_key)
         else:
             text = f"{p.tenant_id}\x1f{subscription_id}\x1f{client_key}"
-            binding, result = "s" + hashlib.sha256(text.encode()).hexdigest()[:40], client_key
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            binding, result = "s" + digest[:40], "req_" + digest[:24]
         self.auth_store.bind_idempotency_key(binding, p, operation, fingerprint(operation, payload))
         return result
 
@@ -317,21 +319,36 @@ class Access:
 
     def approval(self, request_id: str) -> dict[str, Any]:
         self.principal.require(P.APPROVALS_READ)
+        row = self._tenant_approval(request_id)
+        if not self._approval_visible(row):
+            raise not_found("approval request", request_id)
+        return row
+
+    def _tenant_approval(self, request_id: str) -> dict[str, Any]:
+        """The request if it is of this principal's tenant (its subscription's tenant too);
+        ``NOT_FOUND`` otherwise."""
         try:
             row = self.service.approval(request_id)
         except OmsError as err:
             if err.code == ErrorCode.REQUEST_NOT_FOUND:
                 raise not_found("approval request", request_id) from None
             raise
-        if not self._approval_visible(row):
+        sub = self.service.store.get_subscription(row["subscription_id"])
+        tenants = {row.get("tenant_id"), sub.tenant_id if sub is not None else None}
+        if {t or DEFAULT_TENANT for t in tenants} != {self.principal.tenant_id}:
             raise not_found("approval request", request_id)
         return row
 
     async def decide(self, request_id: str, *, approve: bool, reason: str) -> ApprovalResult:
-        """Decide as this principal: its id is the approver, its groups come from the store."""
+        """Decide as this principal: its id is the approver, its groups come from the store.
+
+        Any request of the principal's tenant may be named (another tenant's is ``NOT_FOUND``);
+        whether its groups may decide it is the workflow's check, which answers
+        ``APPROVER_NOT_AUTHORIZED`` (and ``SELF_APPROVAL`` for the requester).
+        """
         p = self.principal
         p.require(P.APPROVALS_DECIDE)
-        row = self.approval(request_id)
+        row = self._tenant_approval(request_id)
         return await self.service.decide(
             row["request_id"],
             approve=approve,

@@ -118,6 +118,7 @@ def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERRORS = _responses(402, 409, 503, 504)
+READ_ERRORS = _responses(503)  # lists: TEMPORAL_UNAVAILABLE while the service cannot connect
 CLOCK_ERRORS = _responses(503, 504)
 IDEMPOTENCY_KEY = Header(
     default=None,
@@ -234,7 +235,7 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
 
     @app.get(
         "/subscriptions",
-        responses=EDGE_ERRORS,
+        responses=READ_ERRORS,
         summary="List the subscriptions the caller may see (filters: status, customer, plan)",
     )
     async def list_subscriptions(
@@ -423,7 +424,7 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
 
     @app.get(
         "/approvals",
-        responses=EDGE_ERRORS,
+        responses=READ_ERRORS,
         summary="Approval requests (for an approver: those of its groups)",
     )
     async def list_approvals(
@@ -453,7 +454,10 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
 
     @app.get(
         "/health",
-        responses=EDGE_ERRORS,
+        responses={
+            **EDGE_ERRORS,
+            503: {"description": "a dependency is down: `{ok: false, checks}` names it"},
+        },
         summary="Reachability of Temporal, the database and the gateway",
     )
     async def health(request: Request, principal: Caller) -> JSONResponse:

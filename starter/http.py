@@ -17,10 +17,10 @@ import asyncio
 import math
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -118,9 +118,15 @@ def client_ip(scope: Scope) -> str:
     return str(client[0]) if client else "unknown"
 
 
-async def current_principal(request: Request) -> Principal:
-    """The authenticated principal (FastAPI dependency), after its rate limit."""
-    credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+async def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None,
+) -> Principal:
+    """The authenticated principal (FastAPI dependency), after its rate limit.
+
+    ``bearer`` is a security dependency so that OpenAPI documents the scheme on every route
+    that needs credentials.
+    """
     header = f"Bearer {credentials.credentials}" if credentials else None
     if header is None and request.headers.get("authorization"):
         header = request.headers["authorization"]  # a scheme HTTPBearer did not take
@@ -164,7 +170,7 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(limit)
             return message
 
         started = False
@@ -182,8 +188,15 @@ class EdgeMiddleware:
                 await _send(scope, receive, send, too_large(limit))
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(StarletteHTTPException):
+    """A body found over the limit while it is read (no or a false ``Content-Length``).
+
+    An ``HTTPException``: FastAPI passes those on from its body parsing (it turns any other
+    exception there into a 400), so the error handler answers 413.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large(limit).message)
 
 
 def too_large(limit: int) -> OmsError:
@@ -217,11 +230,23 @@ def install_error_handlers(app: FastAPI) -> None:
                 return error_response(
                     ErrorCode.MALFORMED_PAYLOAD, "the body is not valid JSON; send a JSON object"
                 )
+            if tuple(e["loc"]) == ("body",) and e.get("type") == "model_attributes_type":
+                # Not an object, or not sent as JSON (another or no Content-Type).
+                return error_response(
+                    ErrorCode.INVALID_REQUEST,
+                    "the body must be a JSON object, sent with Content-Type: application/json",
+                )
             problems.append(f"{where}: {e['msg']}" if where else str(e["msg"]))
         return error_response(ErrorCode.INVALID_REQUEST, "; ".join(problems)[:1000])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        if isinstance(err, BodyTooLarge):
+            return error_response(ErrorCode.PAYLOAD_TOO_LARGE, str(err.detail))
+        if err.status_code == 400:  # FastAPI could not read the body (not UTF-8, say)
+            return error_response(
+                ErrorCode.MALFORMED_PAYLOAD, "the body cannot be read; send a JSON object in UTF-8"
+            )
         if err.status_code == 404:
             return error_response(ErrorCode.NOT_FOUND, "no such route; see /docs")
         if err.status_code == 405:

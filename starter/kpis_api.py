@@ -30,7 +30,7 @@ router = APIRouter(tags=["kpis"])
     "/kpis",
     summary="Renewal success, first-attempt failures, recovery by dunning step, churn",
     response_model=KpiReport,
-    responses=EDGE_ERRORS,
+    responses={**EDGE_ERRORS, 503: {"description": "DATABASE_UNAVAILABLE"}},
 )
 async def get_kpis(
     request: Request,
