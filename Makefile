@@ -2,7 +2,7 @@
 #
 #   make dev          run the whole local stack (Temporal + UI, localstripe, worker, API)
 #   make test         run the whole test suite, as CI does (PYTEST_ARGS="-k foo -x" to narrow it)
-#   make test-fast    the quick tiers only: tests/unit, tests/activities, tests/intake (~1 min)
+#   make test-fast    the quick tiers only: tests/unit, tests/activities, tests/intake, tests/notify
 #   make lint         ruff check, ruff format --check, mypy
 #   make install      create .venv and install the project with its dev extras
 #   make clean-state  forget the local stack's data (.oms/)
@@ -18,7 +18,7 @@ STATE_DIR := .oms
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-FAST_TESTS := tests/unit tests/activities tests/intake
+FAST_TESTS := tests/unit tests/activities tests/intake tests/notify
 
 .PHONY: help install dev test test-fast lint clean-state
 

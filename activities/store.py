@@ -21,6 +21,7 @@ from sqlmodel import Session, SQLModel, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.notify.outbox import webhook_deliveries
 from activities.tables import (
     ApprovalRequest,
     AuditLog,
@@ -454,21 +455,33 @@ class Store:
     # --- notifications -------------------------------------------------------------------
 
     def enqueue_notification(self, n: Notification) -> bool:
-        existing = self._by(NotificationRow, NotificationRow.key, n.key)
-        _, inserted = self._insert_once(
-            NotificationRow(
-                key=n.key,
-                tenant_id=self.tenant_of(n.subscription_id),
-                subscription_id=n.subscription_id,
-                customer_id=n.customer_id,
-                kind=n.kind,
-                data=json.dumps(n.data, sort_keys=True),
-                scheduled_for=n.scheduled_for,
-                created_at=utcnow(),
-            ),
-            existing,
-        )
-        return inserted
+        """Put a notice in the outbox, with one webhook delivery per endpoint of its tenant that
+        wants its kind, in one transaction (a retried write adds nothing)."""
+        with self.session() as s:
+            if s.exec(select(NotificationRow).where(NotificationRow.key == n.key)).first():
+                return False
+            now = utcnow()
+            tenant = _tenant(s, n.subscription_id)
+            s.add(
+                NotificationRow(
+                    key=n.key,
+                    tenant_id=tenant,
+                    subscription_id=n.subscription_id,
+                    customer_id=n.customer_id,
+                    kind=n.kind,
+                    data=json.dumps(n.data, sort_keys=True),
+                    scheduled_for=n.scheduled_for,
+                    created_at=now,
+                )
+            )
+            for delivery in webhook_deliveries(s, tenant, n, now):
+                s.add(delivery)
+            try:
+                s.commit()
+            except IntegrityError:  # written concurrently by a retry of this activity
+                s.rollback()
+                return False
+        return True
 
     def notifications(self, subscription_id: str) -> Sequence[NotificationRow]:
         with self.session() as s:

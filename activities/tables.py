@@ -58,6 +58,7 @@ class Customer(SQLModel, table=True):
     tenant_id: str = tenant_field()  # type: ignore[assignment]
     email: str = Field(index=True, max_length=320)
     timezone: str = Field(max_length=64, default="UTC")
+    locale: str = Field(default="en", max_length=16, sa_column_kwargs={"server_default": "en"})
     gateway_customer_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
 
@@ -166,6 +167,14 @@ class AuditLog(SQLModel, table=True):
 
 
 class NotificationRow(SQLModel, table=True):
+    """The outbox: one e-mail to send, written with the change that causes it.
+
+    The relay (activities/notify/relay.py) claims due rows (``claimed_until`` is its lease, so a
+    killed relay's claims lapse), sends, and marks them ``sent``; a transient failure retries at
+    ``next_attempt_at``; a permanent one, or too many attempts, ends ``dead`` with ``last_error``.
+    ``skipped``: nothing to send (no address, or a kind nobody receives by e-mail).
+    """
+
     __tablename__ = "notifications"
 
     id: int | None = Field(default=None, primary_key=True)
@@ -175,10 +184,16 @@ class NotificationRow(SQLModel, table=True):
     customer_id: str = Field(max_length=64)
     kind: str = Field(max_length=32)
     channel: str = Field(default="email", max_length=16)
-    status: str = Field(default="pending", max_length=16)
+    status: str = Field(default="pending", index=True, max_length=16)
     data: str = Field(default="{}", sa_type=sa.Text)
     scheduled_for: datetime = _ts(nullable=False)  # type: ignore[assignment]
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    claimed_until: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    sent_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    message_id: str | None = Field(default=None, max_length=200)
+    last_error: str | None = Field(default=None, max_length=500)
 
 
 class CreditLedgerEntry(SQLModel, table=True):
@@ -282,6 +297,7 @@ class PrincipalRow(SQLModel, table=True):
     groups: str = Field(default="[]", sa_type=sa.Text)
     partner_id: str | None = Field(default=None, max_length=64)
     accounts: str = Field(default="[]", sa_type=sa.Text)
+    email: str | None = Field(default=None, max_length=320)  # where notices to it go
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
     disabled_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
 
@@ -313,4 +329,44 @@ class IdempotencyKeyRow(SQLModel, table=True):
     tenant_id: str = Field(max_length=64)
     operation: str = Field(max_length=64)
     fingerprint: str = Field(max_length=64)
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A tenant's webhook endpoint: where events of the listed types are delivered, signed."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: str = Field(primary_key=True, max_length=32)
+    tenant_id: str = Field(index=True, max_length=64)
+    url: str = Field(max_length=2000)
+    # Signing secret (whsec_...): kept to sign every delivery, shown to the tenant once.
+    secret: str = Field(max_length=100)
+    event_types: str = Field(default='["*"]', sa_type=sa.Text)
+    enabled: bool = True
+    created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event for one endpoint, written with the notification (the same transaction).
+
+    Retried with back-off for up to three days; listed and replayable (``oms webhooks``).
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.UniqueConstraint("endpoint_id", "event_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant_id: str = Field(index=True, max_length=64)
+    endpoint_id: str = Field(index=True, max_length=32)
+    event_id: str = Field(max_length=64)  # derived from the notification key
+    event_type: str = Field(max_length=32)
+    payload: str = Field(sa_type=sa.Text)
+    status: str = Field(default="pending", index=True, max_length=16)
+    attempts: int = 0
+    next_attempt_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    claimed_until: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
+    last_status_code: int | None = None
+    last_error: str | None = Field(default=None, max_length=500)
+    delivered_at: datetime | None = _ts(nullable=True)  # type: ignore[assignment]
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]

@@ -48,6 +48,7 @@ from starter.http import (
 from starter.intake_api import router as intake_router
 from starter.kpis_api import router as kpis_router
 from starter.service import OmsService, SubscribeRequest
+from starter.webhooks_api import router as webhooks_router
 from workers.config import Config, load_config
 from workers.logs import configure_logging
 
@@ -470,6 +471,7 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
     app.include_router(intake_router)
     app.include_router(kpis_router)
     app.include_router(admin_router)
+    app.include_router(webhooks_router)
     return app
 
 

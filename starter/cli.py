@@ -23,11 +23,13 @@ from starter.access import Access
 from starter.admin_cli import app as admin_app
 from starter.admin_cli import whoami
 from starter.intake_cli import app as intake_app
+from starter.mail_cli import app as mail_app
 from starter.output import JsonOpt, emit_json, fail, plain, run_access, set_token, table
 from starter.quote import app as quote_app
 from starter.service import SubscribeRequest, clocks_disabled
 from starter.simulate import kpis as kpis_command
 from starter.simulate import simulate as simulate_command
+from starter.webhooks_cli import app as webhooks_app
 from workers.config import load_config
 from workers.logs import configure_logging
 
@@ -42,7 +44,9 @@ dev_app = typer.Typer(
     help="Local development helpers (never for production).", no_args_is_help=True
 )
 app.add_typer(dev_app, name="dev")
+dev_app.add_typer(mail_app)  # oms dev mail
 app.add_typer(admin_app, name="admin")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("whoami")(whoami)
 
 

@@ -40,6 +40,7 @@ def make_service(config: Config, client: Client, store: Store) -> OmsService:
         task_queue=config.temporal.task_queue,
         default_timezone=config.billing.default_timezone,
         notice_days=config.billing.upcoming_notice_days,
+        notice_days_by_interval=config.billing.notice_days_by_interval,
         test_clocks=config.temporal.test_clocks,
     )
 

@@ -179,6 +179,13 @@ def planned_ports(config: Config) -> list[PortUse]:
             "gateway.localstripe_port",
             "OMS_LOCALSTRIPE_PORT",
         ),
+        PortUse(
+            config.notifications.sink_port,
+            "127.0.0.1",
+            "SMTP sink",
+            "notifications.sink_port",
+            "OMS_MAIL_SINK_PORT",
+        ),
         PortUse(config.api.port, config.api.host, "API", "api.port", "OMS_API_PORT"),
     ]
 
@@ -270,6 +277,9 @@ def effective_config(config: Config) -> Config:
     """The configuration the children get: the gateway is always the local localstripe."""
     eff = config.model_copy(deep=True)
     eff.gateway.api_base = gateway_url(config)
+    # E-mail goes to the stack's own SMTP sink; links in it point at this API.
+    eff.notifications.smtp_url = f"smtp://127.0.0.1:{config.notifications.sink_port}"
+    eff.notifications.portal_url = f"{api_url(config)}/portal"
     if not eff.gateway.api_key:
         eff.gateway.api_key = DEFAULT_LOCAL_API_KEY
     return eff
@@ -363,6 +373,11 @@ def summary_text(config: Config) -> str:
             f"{gateway_url(config)}  (localstripe, state {config.gateway.localstripe_state})",
         ),
         ("Database", mask_url(config.database.url)),
+        (
+            "Mail",
+            f"smtp://127.0.0.1:{config.notifications.sink_port} keeps every message in "
+            f"{config.notifications.mail_dir}/  (oms dev mail)",
+        ),
         ("State", f"{STATE_DIR}/  (make clean-state resets it)"),
     ]
     rule = "-" * 72
@@ -709,6 +724,7 @@ def _prepare_dirs(config: Config) -> None:
     STATE_DIR.mkdir(exist_ok=True)
     for path in (config.temporal.db_filename, config.gateway.localstripe_state):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(config.notifications.mail_dir).mkdir(parents=True, exist_ok=True)
 
 
 def _migrate(stack: Stack) -> bool:
@@ -754,7 +770,22 @@ def _start_all(stack: Stack, config: Config, cli: str) -> bool:
     ):
         return False
 
+    mail = config.notifications
+    stack.start(
+        "mail",
+        python_module_command(
+            "starter.mailsink", "--dir", mail.mail_dir, "--port", str(mail.sink_port)
+        ),
+    )
+    if not stack.wait_for(
+        f"SMTP sink on port {mail.sink_port}",
+        lambda: tcp_answers("127.0.0.1", mail.sink_port),
+        STRIPE_READY_TIMEOUT,
+    ):
+        return False
+
     stack.start("worker", python_module_command("workers.main"))
+    stack.start("relay", python_module_command("workers.relay"))
     stack.start("api", python_module_command("starter.api"))
     return stack.wait_for(
         f"API at {api_url(config)}/health", lambda: api_answers(config), API_READY_TIMEOUT

@@ -127,6 +127,7 @@ class OmsService:
         task_queue: str,
         default_timezone: str = "UTC",
         notice_days: int = 3,
+        notice_days_by_interval: dict[str, int] | None = None,
         search_attributes: bool = True,
         dunning: DunningPolicy | None = None,
         policy: Policy | None = None,
@@ -138,6 +139,7 @@ class OmsService:
         self.task_queue = task_queue
         self.default_timezone = default_timezone
         self.notice_days = notice_days
+        self.notice_days_by_interval = notice_days_by_interval
         self.search_attributes = search_attributes
         self.dunning = dunning or default_dunning_policy()
         self.policy = policy or default_policy()
@@ -231,6 +233,7 @@ class OmsService:
             first_period_index=first_index,
             payment_method_id=pm,
             notice_days=self.notice_days,
+            notice_days_by_interval=self.notice_days_by_interval,
             segment=plan.segment,
             dunning_rule=self.dunning.rule_for(plan.plan_id, plan.segment),
             policy=self.policy,

@@ -89,8 +89,32 @@ class AuthConfig(BaseModel):
     max_body_bytes: int = 1_048_576
 
 
+class NotificationsConfig(BaseModel):
+    """Delivery of the outbox (activities/notify, docs/notifications.md)."""
+
+    smtp_url: str = (
+        "smtp://127.0.0.1:8025"  # smtp://[user:pass@]host:port[?starttls=true], smtps://
+    )
+    from_address: str = "Subscription OMS <billing@oms.localhost>"
+    message_id_domain: str = "oms.localhost"
+    ops_address: str = "ops@oms.localhost"  # ops_attention / ops_collections notices
+    portal_url: str = "http://127.0.0.1:8000/portal"  # links in e-mails
+    poll_s: float = 1.0
+    batch: int = 50
+    lease_s: int = 120
+    max_email_attempts: int = 8
+    # The dev stack's SMTP sink (starter/mailsink.py): where it listens and keeps messages.
+    sink_port: int = 8025
+    mail_dir: str = ".oms/mail"
+
+
 class BillingConfig(BaseModel):
     upcoming_notice_days: int = 3
+    # Longer lead times for longer intervals (automatic-renewal laws: 15 to 45 days before a
+    # yearly renewal); intervals not listed use upcoming_notice_days.
+    notice_days_by_interval: dict[str, int] = Field(
+        default_factory=lambda: {"quarterly": 14, "semiannual": 30, "yearly": 30}
+    )
     default_timezone: str = "UTC"
 
 
@@ -101,6 +125,7 @@ class Config(BaseModel):
     api: ApiConfig = Field(default_factory=ApiConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
 
 
 # env var -> (section, key)
@@ -133,6 +158,12 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OMS_RATE_LIMIT_IP": ("auth", "rate_limit_ip"),
     "OMS_RATE_LIMIT_STORAGE": ("auth", "rate_limit_storage"),
     "OMS_MAX_BODY_BYTES": ("auth", "max_body_bytes"),
+    "OMS_SMTP_URL": ("notifications", "smtp_url"),
+    "OMS_MAIL_FROM": ("notifications", "from_address"),
+    "OMS_OPS_EMAIL": ("notifications", "ops_address"),
+    "OMS_PORTAL_URL": ("notifications", "portal_url"),
+    "OMS_MAIL_SINK_PORT": ("notifications", "sink_port"),
+    "OMS_MAIL_DIR": ("notifications", "mail_dir"),
 }
 
 

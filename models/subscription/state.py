@@ -156,6 +156,9 @@ class SubscriptionState(BaseModel):
     payment_method_id: str
     gateway_customer_id: str | None = None
     notice_days: int = 3
+    # Lead time of the upcoming-charge notice per interval, locked at creation (yearly renewals
+    # 30 days ahead: automatic-renewal laws ask for 15 to 45). None (older states): notice_days.
+    notice_days_by_interval: dict[str, int] | None = None
     created_by: Actor = Field(default_factory=Actor)
     segment: str = "self_serve"
     dunning_rule: DunningRule = Field(default_factory=DunningRule)  # locked at creation

@@ -72,6 +72,7 @@ def test_planned_ports_follow_the_environment(tmp_path: Path) -> None:
             "OMS_TEMPORAL_UI_PORT": "18233",
             "OMS_LOCALSTRIPE_PORT": "18420",
             "OMS_API_PORT": "18000",
+            "OMS_MAIL_SINK_PORT": "18025",
         },
     )
     plan = devstack.planned_ports(cfg)
@@ -79,6 +80,7 @@ def test_planned_ports_follow_the_environment(tmp_path: Path) -> None:
         (17233, "OMS_TEMPORAL_ADDRESS"),
         (18233, "OMS_TEMPORAL_UI_PORT"),
         (18420, "OMS_LOCALSTRIPE_PORT"),
+        (18025, "OMS_MAIL_SINK_PORT"),
         (18000, "OMS_API_PORT"),
     ]
 

@@ -62,7 +62,7 @@ class RunningStack:
 def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     state = tmp_path_factory.mktemp("oms-state")
     db_url = os.environ.get("OMS_TEST_E2E_DATABASE_URL") or f"sqlite:///{state / 'oms.db'}"
-    ports = {name: free_port() for name in ("grpc", "ui", "stripe", "api")}
+    ports = {name: free_port() for name in ("grpc", "ui", "stripe", "api", "smtp")}
     env = {
         **os.environ,
         "OMS_CONFIG": str(ROOT / "temporal-dev.yaml"),
@@ -73,6 +73,8 @@ def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         "OMS_LOCALSTRIPE_STATE": str(state / "localstripe.pickle"),
         "OMS_STRIPE_API_BASE": f"http://127.0.0.1:{ports['stripe']}",
         "OMS_API_PORT": str(ports["api"]),
+        "OMS_MAIL_SINK_PORT": str(ports["smtp"]),
+        "OMS_MAIL_DIR": str(state / "mail"),
         "OMS_DATABASE_URL": db_url,
         "NO_COLOR": "1",
     }
@@ -264,16 +266,19 @@ def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
     assert all({"description", "amount_minor"} <= set(line) for line in up["lines"])
 
     down = stack.oms_json("change", sub, "--quantity", "5", "--request-id", "e2e-1", token=sam)
-    assert down["outcome"] == "pending_approval" and down["request_id"] == "e2e-1"
+    assert down["outcome"] == "pending_approval"
+    rid = down["request_id"]  # derived from the client's key, unique to this subscription
+    again = stack.oms_json("change", sub, "--quantity", "5", "--request-id", "e2e-1", token=sam)
+    assert again["request_id"] == rid
     listed = stack.oms_json("approvals", "list")
-    assert {"request_id": "e2e-1", "subscription_id": sub}.items() <= next(
-        a for a in listed if a["request_id"] == "e2e-1"
+    assert {"request_id": rid, "subscription_id": sub}.items() <= next(
+        a for a in listed if a["request_id"] == rid
     ).items()
-    assert next(a for a in listed if a["request_id"] == "e2e-1")["deadline"]
+    assert next(a for a in listed if a["request_id"] == rid)["deadline"]
 
     # sam, made an approver of the group, still may not approve sam's own request.
     sam = stack.token("--role", "approver", "--principal", "sam", "--groups", "billing-approvers")
-    refused = stack.oms("approvals", "approve", "e2e-1", "--reason", "mine", check=False, token=sam)
+    refused = stack.oms("approvals", "approve", rid, "--reason", "mine", check=False, token=sam)
     assert refused.returncode != 0 and "SELF_APPROVAL" in refused.stderr
     customer = stack.token("--role", "customer", "--customer", "cust_someone_else")
     hidden = stack.oms("status", sub, check=False, token=customer)
@@ -293,8 +298,15 @@ def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
             "--name",
             "decide",
             "--input",
-            '{"request_id": "e2e-1", "approve": true, "approver": "alice", '
-            '"reason": "customer downsized", "channel": "temporal-cli"}',
+            json.dumps(
+                {
+                    "request_id": rid,
+                    "approve": True,
+                    "approver": "alice",
+                    "reason": "customer downsized",
+                    "channel": "temporal-cli",
+                }
+            ),
         ],
         capture_output=True,
         text=True,
@@ -302,7 +314,36 @@ def test_change_and_approval_contract_through_oms_and_the_temporal_cli(
     )
     assert decided.returncode == 0, decided.stderr
     assert "status:approved" in decided.stdout
-    shown = stack.oms_json("approvals", "show", "e2e-1")
+    shown = stack.oms_json("approvals", "show", rid)
     assert shown["status"] == "approved" and shown["decided_by"] == "alice"
     pending = stack.oms_json("pending", sub)
-    assert [c["request_id"] for c in pending["scheduled"]] == ["e2e-1"]
+    assert [c["request_id"] for c in pending["scheduled"]] == [rid]
+
+
+def test_a_one_day_trial_s_ending_notice_arrives_by_email_within_seconds(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack
+    pm = stack.oms("dev", "card", "4242424242424242").stdout.strip()
+    created = stack.oms_json(
+        "subscribe",
+        "--email",
+        "trial-mail@example.com",
+        "--plan",
+        "pro",
+        "--trial-days",
+        "1",
+        "--payment-method",
+        pm,
+    )
+    assert created["status"] == "trialing"
+    deadline = time.monotonic() + 30
+    mails: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not mails:
+        mails = stack.oms_json("dev", "mail", "--to", "trial-mail@example.com")
+        if not mails:
+            time.sleep(0.5)
+    assert mails, "no e-mail reached the dev mail sink within 30 s"
+    [mail] = mails
+    assert set(mail) >= {"to", "subject", "body", "sent_at"}
+    assert "trial" in mail["subject"].lower() and "$30.00" in mail["body"]

@@ -132,7 +132,11 @@ class Cancellation:
                 "fee_collected": str(fee.charged_minor),
             },
         )
-        await sub.notify("canceled", "canceled", {"mode": "now"})
+        await sub.notify(
+            "canceled",
+            "canceled",
+            {"mode": "now", "plan_id": st.terms.plan_id, "effective_date": sub.today().isoformat()},
+        )
         return self.result().model_copy(
             update={
                 "request_id": req.request_id,
@@ -210,7 +214,15 @@ class Cancellation:
             Actor(),
             details={"mode": "at_period_end", "fee_collected": str(fee.charged_minor)},
         )
-        await sub.notify("canceled", "canceled", {"mode": "at_period_end"})
+        await sub.notify(
+            "canceled",
+            "canceled",
+            {
+                "mode": "at_period_end",
+                "plan_id": st.terms.plan_id,
+                "effective_date": sub.today().isoformat(),
+            },
+        )
 
     async def uncancel(self, by: Actor) -> CancelResult:
         st = self.sub.st

@@ -108,6 +108,14 @@ class Sub:
     def due_at(self, n: int | None = None) -> datetime:
         return local_midnight_utc(self.due_date(n), self.st.timezone)
 
+    def notice_at(self) -> datetime:
+        """When the upcoming-charge (or trial-ending) notice of the next charge goes out."""
+        st = self.st
+        days = st.notice_days
+        if st.notice_days_by_interval is not None:
+            days = st.notice_days_by_interval.get(st.terms.interval.value, days)
+        return self.due_at() - timedelta(days=days)
+
     def period_amount(self, n: int | None = None, terms: Terms | None = None) -> int:
         st = self.st
         t = terms or st.terms

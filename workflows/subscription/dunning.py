@@ -68,6 +68,9 @@ class Dunning:
             {
                 "invoice_id": inv.invoice_id,
                 "amount": format_money(inv.amount_minor, st.terms.currency),
+                "amount_minor": str(inv.amount_minor),
+                "currency": st.terms.currency,
+                "plan_id": st.terms.plan_id,
                 "next_retry_at": step.retry_at.isoformat() if step.retry_at else "",
                 "action": "update_payment_method"
                 if step.stage == "awaiting_payment_method"
@@ -95,7 +98,16 @@ class Dunning:
                 Actor(reason="nonpayment"),
                 {"mode": "nonpayment"},
             )
-            await sub.notify("canceled", "canceled", {"reason": "nonpayment"})
+            await sub.notify(
+                "canceled",
+                "canceled",
+                {
+                    "reason": "nonpayment",
+                    "mode": "nonpayment",
+                    "plan_id": st.terms.plan_id,
+                    "effective_date": sub.today().isoformat(),
+                },
+            )
             return
         if st.status != Status.unpaid:
             await sub.transition(

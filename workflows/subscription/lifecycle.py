@@ -6,8 +6,6 @@ card), called under the state lock.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
 
 from workflows.subscription.billing import Billing, Collection, status_after_payment
@@ -86,7 +84,7 @@ class Lifecycle:
             gross = sub.period_amount(terms=terms)
         amount = max(0, gross + st.carried_minor - st.account_credit_minor)
         trial = st.status == Status.trialing
-        notice_at = sub.due_at() - timedelta(days=st.notice_days)
+        notice_at = sub.notice_at()
         await sub.notify(
             "trial_ending" if trial else "upcoming_charge",
             key,
@@ -143,6 +141,11 @@ class Lifecycle:
                     {
                         "invoice_id": inv.invoice_id,
                         "amount": format_money(inv.amount_minor, st.terms.currency),
+                        "amount_minor": str(inv.amount_minor),
+                        "currency": st.terms.currency,
+                        "plan_id": st.terms.plan_id,
+                        "period_start": inv.period_start.isoformat(),
+                        "period_end": inv.period_end.isoformat(),
                     },
                 )
         if out.declined is not None:

@@ -10,7 +10,7 @@ escalations and deadlines, and the retry of a step that needed attention.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 
 from temporalio import workflow
@@ -137,7 +137,6 @@ def _billing_steps(sub: Sub, now: datetime) -> list[Step]:
     if st.cancel_at_period_end:
         return [Step(Kind.CANCEL_AT_PERIOD_END, due_at)]
     if notice_key(sub) not in st.notices_sent and due_at > now:
-        notice_at = due_at - timedelta(days=st.notice_days)
-        steps.append(Step(Kind.NOTICE, notice_at))
+        steps.append(Step(Kind.NOTICE, sub.notice_at()))
     steps.append(Step(Kind.RENEW, due_at))
     return steps

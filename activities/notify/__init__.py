@@ -1,0 +1,1 @@
+"""Notifications: rendering, e-mail over SMTP, signed webhooks, the outbox relay."""
