@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -54,7 +56,10 @@ async def test_soft_declines_are_retried_on_the_policy_schedule_then_canceled(
     assert trail[-1] == ("canceled", "canceled")
     assert trail.count(("payment_failed", "past_due")) == 5
     kinds = [n.kind for n in stack.store.notifications(sub)]
-    assert kinds.count("payment_failed") == 5
+    # The failure after which no retry is left announces the final action and its date.
+    assert kinds.count("payment_failed") == 4 and kinds.count("dunning_final") == 1
+    final = next(n for n in stack.store.notifications(sub) if n.kind == "dunning_final")
+    assert json.loads(final.data)["final_action"] == "cancel"
 
 
 async def test_new_payment_method_retries_at_once_and_recovers(stack: Stack) -> None:

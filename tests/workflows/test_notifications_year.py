@@ -38,11 +38,13 @@ async def test_the_first_year_sends_each_receipt_and_notice_in_order_at_the_pric
         mails = read_mail(sink.directory, to=EMAIL)
 
     kinds = [m["headers"]["X-OMS-Kind"] for m in mails]
-    assert kinds == ["payment_succeeded"] + ["upcoming_charge", "payment_succeeded"] * 12
+    cycle = ["upcoming_charge", "payment_succeeded"]
+    assert kinds == ["payment_succeeded", *cycle * 2, "change_scheduled", *cycle * 10]
     amounts = [re.findall(r"\$\d+\.\d\d", m["subject"] + " " + m["body"])[0] for m in mails]
-    # Apr, May and June at Pro; the notice before July already shows the downgraded price.
+    # Apr, May and June at Pro; the change notice and the notice before July show the new price.
     assert amounts[:5] == ["$30.00"] * 5
-    assert amounts[5:] == ["$9.00"] * 20
+    assert amounts[5:] == ["$9.00"] * 21
+    assert "July 1, 2027" in mails[5]["body"]
     # Every notice names the date of the charge it announces.
     notices = [m for m in mails if m["headers"]["X-OMS-Kind"] == "upcoming_charge"]
     assert "July 1, 2027" in notices[2]["body"]

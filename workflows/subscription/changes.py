@@ -6,6 +6,7 @@ decision cannot change after the catalog or policy files change.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from temporalio import workflow
@@ -123,6 +124,7 @@ class Changes:
         base = ChangeResult(
             outcome="applied", request_id=req.request_id, subscription_id=st.subscription_id
         )
+        before = st.terms
         if st.billed is None or st.status == Status.trialing:
             # Nothing billed yet (a trial): the new terms simply apply from the first invoice
             # (another interval renumbers the periods from the same start).
@@ -135,6 +137,7 @@ class Changes:
             await sub.transition(
                 AuditAction.CHANGE_APPLIED, st.status, req.by, {"request_id": req.request_id}
             )
+            await self.announce("change_applied", req.request_id, before, new, sub.today())
             return base.model_copy(update={"effective_date": sub.today()})
         if timing == Timing.PERIOD_END:
             effective = sub.due_date()
@@ -156,6 +159,7 @@ class Changes:
                 req.by,
                 {"request_id": req.request_id, "effective_date": effective.isoformat()},
             )
+            await self.announce("change_scheduled", req.request_id, before, new, effective)
             return base.model_copy(update={"outcome": "scheduled", "effective_date": effective})
         return await self._apply_now(req, new, credit, base)
 
@@ -166,6 +170,7 @@ class Changes:
         billed = st.billed
         assert billed is not None
         today = sub.today()
+        before = st.terms
         if billed.invoice_id is not None or not billed.start <= today < billed.end:
             # Today is not in a paid span (a pause that skipped periods, a renewal not yet
             # paid): there is nothing exact to prorate against, so the change waits.
@@ -227,6 +232,7 @@ class Changes:
                 "lines": ";".join(f"{x.kind}:{x.amount_minor}" for x in quote.lines),
             },
         )
+        await self.announce("change_applied", req.request_id, before, new, today)
         return base.model_copy(
             update={
                 "effective_date": today,
@@ -236,6 +242,27 @@ class Changes:
                 "refunded_minor": money.refunded_minor,
                 "credited_minor": money.credited_minor,
             }
+        )
+
+    async def announce(
+        self, kind: str, request_id: str, old: Terms, new: Terms, effective: date
+    ) -> None:
+        """Tell the customer a change took effect or when it will, at which price."""
+        if not workflow.patched("change-notices"):  # histories from before these notices
+            return
+        await self.sub.notify(
+            kind,
+            f"{kind}:{request_id}",
+            {
+                "plan_id": new.plan_id,
+                "previous_plan_id": old.plan_id,
+                "quantity": str(new.quantity),
+                "previous_quantity": str(old.quantity),
+                "interval": new.interval.value,
+                "amount_minor": str(new.unit_amount_minor * new.quantity),
+                "currency": new.currency,
+                "effective_date": effective.isoformat(),
+            },
         )
 
     def switch_terms(self, new: Terms, restart_at: Any, anchor: Any = None) -> None:

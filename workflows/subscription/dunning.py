@@ -14,6 +14,7 @@ from workflows.subscription.context import Status, Sub
 from workflows.subscription.steps import dunning_step
 
 with workflow.unsafe.imports_passed_through():
+    from models.calendar import local_date
     from models.dunning import DunningStep, FinalAction
     from models.money import format_money
     from models.subscription import Actor, ChargeResult, OpenInvoice
@@ -62,21 +63,25 @@ class Dunning:
         if step.retry_at is not None:
             details["next_retry_at"] = step.retry_at.isoformat()
         await sub.transition(AuditAction.PAYMENT_FAILED, Status.past_due, Actor(), details=details)
-        await sub.notify(
-            "payment_failed",
-            f"payment_failed:{inv.invoice_id}:{inv.attempts - 1}",
-            {
-                "invoice_id": inv.invoice_id,
-                "amount": format_money(inv.amount_minor, st.terms.currency),
-                "amount_minor": str(inv.amount_minor),
-                "currency": st.terms.currency,
-                "plan_id": st.terms.plan_id,
-                "next_retry_at": step.retry_at.isoformat() if step.retry_at else "",
-                "action": "update_payment_method"
-                if step.stage == "awaiting_payment_method"
-                else "none",
-            },
-        )
+        data = {
+            "invoice_id": inv.invoice_id,
+            "amount": format_money(inv.amount_minor, st.terms.currency),
+            "amount_minor": str(inv.amount_minor),
+            "currency": st.terms.currency,
+            "plan_id": st.terms.plan_id,
+            "next_retry_at": step.retry_at.isoformat() if step.retry_at else "",
+            "action": "update_payment_method"
+            if step.stage == "awaiting_payment_method"
+            else "none",
+        }
+        attempt = inv.attempts - 1
+        if step.stage != "final" and step.retry_at is None and step.final_at is not None:
+            # No retry left before the final action: the last notice says what happens when.
+            data["final_action"] = st.dunning_rule.final_action.value
+            data["action_date"] = local_date(step.final_at, st.timezone).isoformat()
+            await sub.notify("dunning_final", f"dunning_final:{inv.invoice_id}:{attempt}", data)
+        else:
+            await sub.notify("payment_failed", f"payment_failed:{inv.invoice_id}:{attempt}", data)
 
     async def final_action(self) -> None:
         """The dunning window ended unpaid: cancel, or mark unpaid and wait for a new card."""
