@@ -93,6 +93,7 @@ class Principal(BaseModel):
     partner_id: str | None = Field(default=None, max_length=64)
     accounts: tuple[str, ...] = ()  # the accounts a partner (or a customer) may bill
     name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)  # where notices to it go (approvers)
     credential: str = "token"  # token | api_key | signature | local (how it authenticated)
 
     def can(self, permission: Permission) -> bool:

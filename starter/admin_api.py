@@ -29,6 +29,7 @@ class PrincipalBody(BaseModel):
     tenant_id: str = Field(..., pattern=ID_PATTERN)
     role: Role
     name: str | None = Field(None, max_length=200)
+    email: str | None = Field(None, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
     customer_id: str | None = Field(None, pattern=ID_PATTERN)
     groups: list[str] = Field(default_factory=list, max_length=MAX_GROUPS)
     partner_id: str | None = Field(None, pattern=ID_PATTERN)

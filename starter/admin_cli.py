@@ -95,6 +95,7 @@ def put_principal(
     partner: str = typer.Option(None, help="A partner's id."),
     accounts: str = typer.Option(None, help="Accounts it may bill, comma-separated."),
     name: str = typer.Option(None, help="A display name."),
+    email: str = typer.Option(None, help="Where notices to it go (approval requests)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Create or replace a principal (role, groups and accounts take effect at once)."""
@@ -106,6 +107,7 @@ def put_principal(
                 tenant_id=tenant,
                 role=_role(role),
                 name=name,
+                email=email,
                 customer_id=customer,
                 groups=_split(groups),
                 partner_id=partner,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities.auth_store import AuthStore
@@ -35,7 +35,7 @@ from models.subscription import (
 )
 from starter.access import Access
 from starter.admin_api import router as admin_router
-from starter.auth import Authenticator, check_config
+from starter.auth import Authenticator, check_config, dev_credentials_allowed
 from starter.context import connect_temporal, make_service
 from starter.http import (
     EDGE_ERRORS,
@@ -468,11 +468,53 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    if dev_credentials_allowed(cfg.auth):
+        mount_dev_mailbox(app, cfg)
     app.include_router(intake_router)
     app.include_router(kpis_router)
     app.include_router(admin_router)
     app.include_router(webhooks_router)
     return app
+
+
+def mount_dev_mailbox(app: FastAPI, cfg: Config) -> None:
+    """``GET /dev/mail``: the dev SMTP sink's messages as a page (dev stacks only).
+
+    A browser cannot send a bearer header, so this page also takes ``?token=`` (an operator's
+    dev token); it exists only where dev credentials are allowed.
+    """
+    from html import escape
+
+    from starter.mail_cli import mail_dir
+    from starter.mailsink import read_mail
+
+    @app.get("/dev/mail", include_in_schema=False)
+    async def dev_mailbox(
+        request: Request,
+        to: str | None = Query(None, max_length=320),
+        token: str | None = Query(None, max_length=4096),
+    ) -> HTMLResponse:
+        header = request.headers.get("authorization") or (f"Bearer {token}" if token else None)
+        runtime: Runtime = request.app.state.rt
+        principal = await asyncio.to_thread(runtime.authenticator.authenticate, header)
+        principal.require(Permission.HEALTH_READ)
+        mails = list(reversed(read_mail(mail_dir(cfg), to)))  # newest first
+        items = "".join(
+            "<article><h2>{subject}</h2><p><small>to {to} at {sent_at}</small></p>"
+            "<pre>{body}</pre></article>".format(
+                **{k: escape(str(m.get(k) or "")) for k in ("subject", "to", "sent_at", "body")}
+            )
+            for m in mails
+        )
+        page = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            "<title>Dev mailbox</title><style>body{font-family:sans-serif;max-width:50rem;"
+            "margin:2rem auto}pre{white-space:pre-wrap;background:#f4f4f4;padding:1rem}"
+            "</style></head><body><h1>Dev mailbox</h1>"
+            f"<p>{len(mails)} message(s){' to ' + escape(to) if to else ''}, newest first.</p>"
+            f"{items or '<p>No mail yet.</p>'}</body></html>"
+        )
+        return HTMLResponse(page)
 
 
 async def probe_dependencies(runtime: Runtime, timeout_s: float) -> dict[str, dict[str, Any]]:

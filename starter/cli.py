@@ -672,6 +672,9 @@ def dev_token(
     partner: str = typer.Option(None, help="A partner's id (role partner)."),
     accounts: str = typer.Option(None, help="Accounts it may bill, comma-separated."),
     principal: str = typer.Option(None, help="The principal id (default: dev-<role>)."),
+    email: str = typer.Option(
+        None, help="Where notices to it go (default for an approver: <id>@oms.localhost)."
+    ),
 ) -> None:
     """Print a token for a dev principal (written to the principal store); only the token.
 
@@ -709,6 +712,8 @@ def dev_token(
             partner_id=partner,
             accounts=_split(accounts),
         )
+        if email or kind == Role.APPROVER:
+            p = p.model_copy(update={"email": email or f"{p.id}@oms.localhost"})
         engine = create_db_engine(config.database.url)
         try:
             store = AuthStore(engine)

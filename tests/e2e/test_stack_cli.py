@@ -6,6 +6,7 @@ worker and the API as separate processes, SQLite (or PostgreSQL in CI) as the sy
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -347,3 +348,11 @@ def test_a_one_day_trial_s_ending_notice_arrives_by_email_within_seconds(
     [mail] = mails
     assert set(mail) >= {"to", "subject", "body", "sent_at"}
     assert "trial" in mail["subject"].lower() and "$30.00" in mail["body"]
+    # The dev API's mailbox page shows it to an operator (a browser passes ?token=).
+    page = httpx.get(
+        f"{stack.api}/dev/mail",
+        params={"to": "trial-mail@example.com", "token": stack.token("--role", "operator")},
+        timeout=10,
+    )
+    assert page.status_code == 200 and mail["subject"] in html.unescape(page.text)
+    assert httpx.get(f"{stack.api}/dev/mail", timeout=10).status_code == 401

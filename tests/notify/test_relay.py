@@ -244,17 +244,14 @@ async def test_approval_notices_go_to_the_approvers_of_the_groups_and_ops_notice
     auth = AuthStore(engine)
     for pid, groups in (("carol", ("finance-directors",)), ("bob", ("billing-approvers",))):
         auth.put_principal(
-            Principal(id=pid, tenant_id="default", role=Role.APPROVER, groups=groups)
+            Principal(
+                id=pid,
+                tenant_id="default",
+                role=Role.APPROVER,
+                groups=groups,
+                email=f"{pid}@example.com",
+            )
         )
-    with auth.session() as s:  # their e-mail addresses, as an admin would set them
-        from activities.tables import PrincipalRow
-
-        for pid in ("carol", "bob"):
-            row = s.get(PrincipalRow, pid)
-            assert row is not None
-            row.email = f"{pid}@example.com"
-            s.add(row)
-        s.commit()
     approval = {
         "request_id": "req_1",
         "summary": "quantity 20 -> 5",
