@@ -161,7 +161,11 @@ class Access:
 
     async def status(self, subscription_id: str) -> SubscriptionView | dict[str, Any]:
         self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
-        return await self.service.status(subscription_id)
+        view = await self.service.status(subscription_id)
+        if self.principal.role == Role.CUSTOMER and not isinstance(view, dict):
+            # The attention message is an internal error's text: for operators only.
+            view = view.model_copy(update={"attention_message": None})
+        return view
 
     async def timeline(self, subscription_id: str) -> Timeline:
         self._visible(P.SUBSCRIPTIONS_READ, subscription_id)
@@ -197,7 +201,11 @@ class Access:
     def audit(self, subscription_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """The subscription's audit trail, oldest first."""
         self._visible(P.AUDIT_READ, subscription_id)
-        return self.service.audit(subscription_id, limit=limit)
+        rows = self.service.audit(subscription_id, limit=limit)
+        if self.principal.role == Role.CUSTOMER:
+            # Details hold internal facts (error text, decline codes): operators only.
+            rows = [{**r, "details": {}} for r in rows]
+        return rows
 
     async def cancel(
         self,
@@ -268,6 +276,18 @@ class Access:
 
     async def withdraw(self, subscription_id: str, request_id: str) -> PendingView:
         self._visible(P.SUBSCRIPTIONS_MANAGE, subscription_id)
+        if self.principal.role == Role.CUSTOMER:
+            # A customer withdraws what it asked for, not what an operator or approver did.
+            async with self._live(subscription_id):
+                pending = await self.service.pending(subscription_id)
+            mine = [c.requested_by.actor for c in pending.scheduled if c.request_id == request_id]
+            mine += [a.requested_by.actor for a in pending.approvals if a.request_id == request_id]
+            if mine and mine[0] != self.principal.id:
+                raise OmsError(
+                    ErrorCode.FORBIDDEN,
+                    f"request {request_id} was made by someone else; ask an operator to "
+                    "withdraw it",
+                )
         async with self._live(subscription_id):
             return await self.service.withdraw(subscription_id, request_id, self.actor())
 

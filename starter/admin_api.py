@@ -6,11 +6,10 @@ nowhere else (only its hash is stored).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from models.errors import ErrorCode, OmsError
 from models.identity import MAX_ACCOUNTS, MAX_GROUPS, Permission, Principal, Role, not_found
@@ -39,7 +38,7 @@ class PrincipalBody(BaseModel):
 class KeyBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    expires_at: datetime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 def _view(p: Principal) -> dict[str, Any]:

@@ -76,7 +76,7 @@ async def list_deliveries(
     "/deliveries/{delivery_id}/replay", responses=EDGE_ERRORS, summary="Send a delivery again now"
 )
 async def replay_delivery(
-    delivery_id: Annotated[int, Path(ge=1, le=2**62)], request: Request, principal: Caller
+    delivery_id: Annotated[int, Path(ge=1, le=2**31 - 1)], request: Request, principal: Caller
 ) -> dict[str, Any]:
     found = _registry(request, principal).replay(principal.tenant_id, delivery_id)
     if found is None:

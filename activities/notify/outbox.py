@@ -52,7 +52,13 @@ def event_payload(tenant_id: str, n: Notification, created: datetime) -> dict[st
     }
 
 
+# Internal notices (ops attention with raw error text, approvals) are never sent to tenants.
+INTERNAL_PREFIXES = ("ops_", "approval_")
+
+
 def wants(endpoint: WebhookEndpoint, kind: str) -> bool:
+    if kind.startswith(INTERNAL_PREFIXES):
+        return False
     types = json.loads(endpoint.event_types or "[]")
     return "*" in types or kind in types
 
@@ -215,7 +221,9 @@ class Outbox:
     ) -> list[tuple[WebhookDelivery, WebhookEndpoint]]:
         due = (
             select(WebhookDelivery.id)
+            .join(WebhookEndpoint, col(WebhookEndpoint.id) == col(WebhookDelivery.endpoint_id))
             .where(
+                col(WebhookEndpoint.enabled).is_(True),
                 WebhookDelivery.status == PENDING,
                 or_(
                     col(WebhookDelivery.next_attempt_at).is_(None),

@@ -48,6 +48,7 @@ EMAIL_BACKOFF = (
     timedelta(hours=6),
     timedelta(hours=12),
 )
+CLAIM = 5  # rows claimed at a time (each claim's lease covers sending all of them)
 APPROVER_KINDS_PREFIX = "approval_"
 OPS_KINDS_PREFIX = "ops_"
 
@@ -92,23 +93,34 @@ class Relay:
         self._http = http
 
     async def run_once(self) -> RelayStats:
-        """One pass: every due e-mail, then every due webhook delivery (each a batch)."""
+        """One pass: up to a batch of due e-mails, then of due webhook deliveries.
+
+        Rows are claimed a few at a time with a lease longer than sending them can take (every
+        send bounded by its time-out), so no other relay takes a row this one still sends, and a
+        killed relay's rows wait at most one lease.
+        """
         stats = RelayStats()
         cfg = self.config
-        lease = timedelta(seconds=cfg.lease_s)
-        rows = await asyncio.to_thread(
-            self.outbox.claim_notifications, self.clock(), cfg.batch, lease
-        )
-        for row in rows:
-            await self._email(row, stats)
-        pairs = await asyncio.to_thread(
-            self.outbox.claim_deliveries, self.clock(), cfg.batch, lease
-        )
-        if pairs:
-            if self._http is None:
+        mail_lease = timedelta(seconds=cfg.lease_s + CLAIM * self.smtp.total_timeout_s)
+        hook_lease = timedelta(seconds=cfg.lease_s + CLAIM * webhooks.TIMEOUT_S)
+        for _ in range(0, cfg.batch, CLAIM):
+            rows = await asyncio.to_thread(
+                self.outbox.claim_notifications, self.clock(), CLAIM, mail_lease
+            )
+            for row in rows:
+                await self._email(row, stats)
+            if len(rows) < CLAIM:
+                break
+        for _ in range(0, cfg.batch, CLAIM):
+            pairs = await asyncio.to_thread(
+                self.outbox.claim_deliveries, self.clock(), CLAIM, hook_lease
+            )
+            if pairs and self._http is None:
                 self._http = httpx.AsyncClient(trust_env=False)
             for delivery, endpoint in pairs:
                 await self._deliver(delivery, endpoint, stats)
+            if len(pairs) < CLAIM:
+                break
         return stats
 
     async def run(self, stop: asyncio.Event) -> None:

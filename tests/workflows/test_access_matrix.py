@@ -189,8 +189,9 @@ def core_routes() -> list[Route]:
             f"{sub}/pending/{{approval}}",
             P.SUBSCRIPTIONS_MANAGE,
             (
-                ok(CUSTOMER, check=lambda b, v: b["scheduled"] == []),
-                business(OPERATOR, 409, "STALE_REQUEST", "the customer withdrew it already"),
+                # The request is an operator's: a customer may not withdraw it; an operator may.
+                Call(CUSTOMER, 403, "FORBIDDEN", why="someone else made the request"),
+                ok(OPERATOR, check=lambda b, v: b["scheduled"] == []),
             ),
             Scope.CUSTOMER_OBJECT,
         ),

@@ -54,7 +54,9 @@ class Approvals:
                 type=ErrorCode.STALE_REQUEST,
             )
 
-    def check_approver(self, decision: ApprovalDecision) -> PendingApproval:
+    def check_approver(
+        self, decision: ApprovalDecision, *, use_groups: bool = True
+    ) -> PendingApproval:
         approval = self.find(decision.request_id)
         if approval is None:
             self.unknown(decision.request_id)
@@ -63,7 +65,7 @@ class Approvals:
             raise ApplicationError("a decision needs a reason", type=ErrorCode.INVALID_REQUEST)
         memberships = (
             None
-            if decision.approver_groups is None
+            if decision.approver_groups is None or not use_groups
             else {g: [decision.approver] for g in decision.approver_groups}
         )
         try:

@@ -466,7 +466,10 @@ class SubscriptionWorkflow:
     async def decide(self, decision: ApprovalDecision) -> ApprovalResult:
         """An approver approves or rejects a pending request; an approved one is carried out."""
         async with self.sub.exclusive():
-            approval = self.approvals.check_approver(decision)
+            # Decisions recorded before approver groups came with them replay with the policy's
+            # directory, as they were decided.
+            groups = workflow.patched("approver-groups")
+            approval = self.approvals.check_approver(decision, use_groups=groups)
             by = Actor(
                 actor=decision.approver[:64],
                 channel=decision.channel[:32],
