@@ -17,8 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities.auth_store import AuthStore
-from activities.db import create_db_engine, ping
-from activities.gateway import StripeGateway
+from activities.db import create_db_engine
 from activities.store import Store
 from models.catalog import default_catalog
 from models.errors import ErrorCode, OmsError
@@ -44,6 +43,7 @@ from starter.http import (
     RateLimits,
     current_principal,
     install_error_handlers,
+    probe_dependencies,
 )
 from starter.intake_api import router as intake_router
 from starter.kpis_api import router as kpis_router
@@ -515,45 +515,6 @@ def mount_dev_mailbox(app: FastAPI, cfg: Config) -> None:
             f"{items or '<p>No mail yet.</p>'}</body></html>"
         )
         return HTMLResponse(page)
-
-
-async def probe_dependencies(runtime: Runtime, timeout_s: float) -> dict[str, dict[str, Any]]:
-    """Temporal, the database and the gateway, each ``{"ok": bool, "error"?: str}``.
-
-    The error says which dependency failed in plain words; the exception text is logged only.
-    """
-    checks: dict[str, dict[str, Any]] = {}
-
-    async def check(name: str, probe: Any) -> None:
-        try:
-            await asyncio.wait_for(probe(), timeout=timeout_s)
-            checks[name] = {"ok": True}
-        except Exception as err:
-            log.warning(
-                "api.dependency_down", dependency=name, error=str(err) or type(err).__name__
-            )
-            checks[name] = {"ok": False, "error": f"{name} is not reachable or not configured"}
-
-    async def temporal() -> None:
-        service = await runtime.service()
-        await service.client.service_client.check_health()
-
-    async def database() -> None:
-        await asyncio.to_thread(ping, runtime.engine)
-
-    async def gateway() -> None:
-        key = runtime.config.gateway.api_key
-        if not key:
-            raise RuntimeError("OMS_STRIPE_API_KEY is not set")
-        gw = StripeGateway(
-            key, api_base=runtime.config.gateway.api_base, max_network_retries=0, timeout_s=3
-        )
-        await asyncio.to_thread(gw.ping)
-
-    await asyncio.gather(
-        check("temporal", temporal), check("database", database), check("gateway", gateway)
-    )
-    return checks
 
 
 def main() -> None:

@@ -32,6 +32,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from activities.db import ping
+from activities.gateway import StripeGateway
 from models.errors import ErrorCode, OmsError, http_status
 from models.identity import Principal
 from workers.config import AuthConfig
@@ -276,3 +278,46 @@ def install_error_handlers(app: FastAPI) -> None:
             f"something went wrong on our side (reference {reference}); retry, and if it "
             "persists tell an operator the reference",
         )
+
+
+async def probe_dependencies(runtime: Any, timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Temporal, the database and the gateway, each ``{"ok": bool, "error"?: str}``, for
+    ``/health`` and ``/health/ready`` (``runtime``: the API's ``starter.api.Runtime``).
+
+    The error says which dependency failed in plain words; the exception text is logged only.
+    """
+    checks: dict[str, dict[str, Any]] = {}
+
+    async def check(name: str, probe: Any) -> None:
+        try:
+            await asyncio.wait_for(probe(), timeout=timeout_s)
+            checks[name] = {"ok": True}
+        except Exception as err:
+            log.warning(
+                "api.dependency_down", dependency=name, error=str(err) or type(err).__name__
+            )
+            checks[name] = {"ok": False, "error": f"{name} is not reachable or not configured"}
+
+    async def temporal() -> None:
+        service = await runtime.service()
+        await service.client.service_client.check_health()
+
+    async def database() -> None:
+        await asyncio.to_thread(ping, runtime.engine)
+
+    async def gateway() -> None:
+        key = runtime.config.gateway.api_key
+        if not key:
+            raise RuntimeError("OMS_STRIPE_API_KEY is not set")
+        gw = StripeGateway(
+            key,
+            api_base=runtime.config.gateway.api_base,
+            max_network_retries=0,
+            timeout_s=timeout_s,
+        )
+        await asyncio.to_thread(gw.ping)
+
+    await asyncio.gather(
+        check("temporal", temporal), check("database", database), check("gateway", gateway)
+    )
+    return checks

@@ -20,7 +20,6 @@ payload was recorded in the dead-letter table) with the status of ``models.error
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import structlog
@@ -28,14 +27,13 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from activities.gateway import StripeGateway
 from activities.intake_store import IntakeStore
 from models.catalog import default_catalog
 from models.channels import schema
-from models.errors import ErrorCode, OmsError, http_status
+from models.errors import OmsError, http_status
 from models.identity import Permission, Principal
 from models.orders import Channel, parse_channel
-from starter.http import EDGE_ERRORS, ErrorResponse, current_principal
+from starter.http import EDGE_ERRORS, ErrorResponse, current_principal, probe_dependencies
 from starter.intake import IntakeService, IntakeSettings, load_intake_settings
 from starter.intake.submission import stripe_checkout_principal
 
@@ -397,37 +395,7 @@ async def live() -> dict[str, bool]:
     responses=_responses({503: "a dependency is down: `{ok: false, checks}` names it"}),
 )
 async def ready(principal: HealthReader, request: Request) -> JSONResponse:
-    rt = request.app.state.rt
-    intake = intake_service(request)
-    checks: dict[str, dict[str, Any]] = {}
-
-    async def check(name: str, probe: Any) -> None:
-        try:
-            await asyncio.wait_for(probe(), timeout=HEALTH_TIMEOUT_S)
-            checks[name] = {"ok": True}
-        except Exception as err:  # the cause goes to the log, never into the answer
-            log.warning("intake.dependency_down", dependency=name, error=str(err)[:300])
-            checks[name] = {"ok": False, "error": f"{name} is not reachable or not configured"}
-
-    async def temporal() -> None:
-        service = await rt.service()
-        await service.client.service_client.check_health()
-
-    async def database() -> None:
-        await asyncio.to_thread(intake.store.ping)
-
-    async def gateway() -> None:
-        key = rt.config.gateway.api_key
-        if not key:
-            raise OmsError(ErrorCode.GATEWAY_UNAVAILABLE, "OMS_STRIPE_API_KEY is not set")
-        gw = StripeGateway(
-            key, api_base=rt.config.gateway.api_base, max_network_retries=0, timeout_s=2
-        )
-        await asyncio.to_thread(gw.ping)
-
-    await asyncio.gather(
-        check("temporal", temporal), check("database", database), check("gateway", gateway)
-    )
+    checks = await probe_dependencies(request.app.state.rt, HEALTH_TIMEOUT_S)
     ok = all(c["ok"] for c in checks.values())
     if not ok:
         log.warning("intake.not_ready", checks=checks)
