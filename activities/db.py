@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, event
 from sqlmodel import SQLModel
 
+import activities.enrollment_tables  # registers the enrollment tables too
 import activities.intake_tables  # noqa: F401  (registers the intake tables too)
 from activities import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 

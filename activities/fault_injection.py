@@ -42,7 +42,8 @@ class that does not apply to a call is left out and the others share its weight)
   of a key only.
 
 Calls faulted (:data:`FAULTED_CALLS`): the ones activities make: ``create_customer``,
-``retrieve_payment_method``, ``attach_payment_method``, ``create_payment_intent``,
+``retrieve_payment_method``, ``attach_payment_method``, ``create_setup_intent``,
+``confirm_setup_intent`` (enrollment saving a card), ``create_payment_intent``,
 ``retrieve_payment_intent``, ``confirm_payment_intent``, ``refund``. Never faulted:
 ``create_test_payment_method`` (the customer's browser tokenizing a card, not our server) and
 ``list_payment_intents`` (reconciliation reads the truth).
@@ -67,6 +68,7 @@ from activities.gateway import (
     IntentInfo,
     PaymentMethodInfo,
     RefundInfo,
+    SetupInfo,
     StripeGateway,
 )
 from activities.gateway_errors import DeclineCategory
@@ -134,6 +136,16 @@ class GatewayWrapper:
 
     def attach_payment_method(self, pm_id: str, customer_id: str) -> None:
         self.inner.attach_payment_method(pm_id, customer_id)
+
+    def create_setup_intent(
+        self, *, customer_id: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        return self.inner.create_setup_intent(
+            customer_id=customer_id, metadata=metadata, idempotency_key=idempotency_key
+        )
+
+    def confirm_setup_intent(self, intent_id: str, payment_method_id: str) -> SetupInfo:
+        return self.inner.confirm_setup_intent(intent_id, payment_method_id)
 
     def create_payment_intent(
         self,
@@ -292,7 +304,15 @@ FAULT_WEIGHTS: Final[Mapping[FaultKind, int]] = {
 CONFIRM: Final = "confirm_payment_intent"
 # Calls that create or move something: a lost response leaves the effect behind.
 MUTATING_CALLS: Final = frozenset(
-    {"create_customer", "attach_payment_method", "create_payment_intent", CONFIRM, "refund"}
+    {
+        "create_customer",
+        "attach_payment_method",
+        "create_setup_intent",
+        "confirm_setup_intent",
+        "create_payment_intent",
+        CONFIRM,
+        "refund",
+    }
 )
 FAULTED_CALLS: Final = MUTATING_CALLS | {"retrieve_payment_method", "retrieve_payment_intent"}
 # Faults that only make sense on the first confirmation of an attempt, while the intent still
@@ -509,6 +529,23 @@ class InjectedFaults(GatewayWrapper):
         fault = self._before("attach_payment_method", key)
         self.inner.attach_payment_method(pm_id, customer_id)
         self._after(fault, "attach_payment_method", key)
+
+    def create_setup_intent(
+        self, *, customer_id: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        fault = self._before("create_setup_intent", idempotency_key)
+        result = self.inner.create_setup_intent(
+            customer_id=customer_id, metadata=metadata, idempotency_key=idempotency_key
+        )
+        self._after(fault, "create_setup_intent", idempotency_key)
+        return result
+
+    def confirm_setup_intent(self, intent_id: str, payment_method_id: str) -> SetupInfo:
+        key = f"{intent_id}:{payment_method_id}"
+        fault = self._before("confirm_setup_intent", key)
+        info = self.inner.confirm_setup_intent(intent_id, payment_method_id)
+        self._after(fault, "confirm_setup_intent", key)
+        return info
 
     def create_payment_intent(
         self,

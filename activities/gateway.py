@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         PaymentIntentConfirmParams,
         PaymentIntentCreateParams,
         RefundCreateParams,
+        SetupIntentCreateParams,
     )
 
 log = structlog.get_logger(__name__)
@@ -88,6 +89,21 @@ class IntentInfo(BaseModel):
     """Filled when the last attempt failed (``requires_payment_method``) or needs the customer to
     authenticate (``requires_action``)."""
     latest_charge_id: str | None = None
+
+
+class SetupInfo(BaseModel):
+    """A SetupIntent (a card saved without a charge) as the rest of the system sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: str
+    """Stripe's status: ``succeeded``, ``requires_action`` (3-D Secure), ``requires_payment_method``
+    (declined), ``canceled`` (localstripe, after a decline)..."""
+    payment_method_id: str | None
+    """The saved card (a test id such as ``pm_card_visa`` becomes a real ``pm_`` object)."""
+    decline: Decline | None = None
+    """Filled when the card was declined or needs the cardholder to authenticate."""
 
 
 class RefundInfo(BaseModel):
@@ -205,6 +221,36 @@ def _intent_info(
         metadata=_plain_metadata(intent.metadata),
         decline=decline,
         latest_charge_id=_id_of(getattr(intent, "latest_charge", None)),
+    )
+
+
+def _setup_info(setup: stripe.SetupIntent, card_error: stripe.CardError | None = None) -> SetupInfo:
+    decline: Decline | None = None
+    status = str(setup.status)
+    error = getattr(setup, "last_setup_error", None)
+    if status == "requires_action":
+        decline = Decline(
+            code="authentication_required",
+            decline_code=None,
+            message="The card issuer requires the cardholder to authenticate this card.",
+            category=DeclineCategory.AUTHENTICATION_REQUIRED,
+            charge_id=None,
+        )
+    elif card_error is not None or error is not None or status == "canceled":
+        # Real Stripe leaves a declined SetupIntent in requires_payment_method with
+        # last_setup_error; localstripe cancels it and says nothing more.
+        decline = _decline_from(error, card_error) or Decline(
+            code="card_declined",
+            decline_code=None,
+            message="The card was declined.",
+            category=classify_decline("card_declined", None),
+            charge_id=None,
+        )
+    return SetupInfo(
+        id=setup.id,
+        status=status,
+        payment_method_id=_id_of(setup.payment_method),
+        decline=decline,
     )
 
 
@@ -454,6 +500,74 @@ class StripeGateway:
         log.info(
             "payment_method_attached", payment_method_id=pm_id, gateway_customer_id=customer_id
         )
+
+    # --- saving a card without a charge (SetupIntents) ------------------------------------------
+
+    def create_setup_intent(
+        self, *, customer_id: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        """Create a SetupIntent for a customer's card (off-session use later); its ``seti_`` id.
+
+        The payment method goes on :meth:`confirm_setup_intent` (localstripe accepts it only
+        there). Nothing is charged; a repeat within Stripe's idempotency window returns the same
+        intent (localstripe ignores keys: a repeat there makes another one, which costs nothing).
+        """
+        _check_idempotency_key(idempotency_key)
+        meta = {**metadata, METADATA_IDEMPOTENCY_KEY: idempotency_key}
+        _check_metadata(meta)
+        params: dict[str, Any] = {
+            "customer": customer_id,
+            "usage": "off_session",
+            "payment_method_types": ["card"],
+            "metadata": meta,
+        }
+        setup = self._client.v1.setup_intents.create(
+            params=cast("SetupIntentCreateParams", params),
+            options={"idempotency_key": idempotency_key},
+        )
+        log.info("setup_intent_created", setup_intent_id=setup.id, idempotency_key=idempotency_key)
+        return setup.id
+
+    def confirm_setup_intent(self, intent_id: str, payment_method_id: str) -> SetupInfo:
+        """Confirm a SetupIntent with a card: the issuer validates it, nothing is charged.
+
+        Safe to repeat: an intent that already has an outcome (saved, declined, waiting for
+        3-D Secure) is reported as it is, never confirmed again. A decline is not raised: it
+        comes back with ``decline`` filled, classified like a payment's.
+
+        Raises:
+            OmsError: ``PAYMENT_METHOD_INVALID`` when the payment method does not exist.
+        """
+        setup = self._client.v1.setup_intents.retrieve(intent_id)
+        if str(setup.status) not in ("requires_payment_method", "requires_confirmation") or (
+            getattr(setup, "last_setup_error", None) is not None
+        ):
+            log.info("setup_intent_confirm_skipped", setup_intent_id=intent_id, status=setup.status)
+            return _setup_info(setup)
+        try:
+            setup = self._client.v1.setup_intents.confirm(
+                intent_id, params={"payment_method": payment_method_id}
+            )
+        except stripe.CardError as exc:
+            info = _setup_info(self._client.v1.setup_intents.retrieve(intent_id), card_error=exc)
+            log.info(
+                "setup_intent_declined",
+                setup_intent_id=intent_id,
+                code=info.decline.code if info.decline else exc.code,
+                category=info.decline.category if info.decline else None,
+            )
+            return info
+        except stripe.InvalidRequestError as exc:
+            if _is_not_found(exc) or getattr(exc, "param", None) == "payment_method":
+                raise OmsError(
+                    ErrorCode.PAYMENT_METHOD_INVALID,
+                    f"Payment method {payment_method_id!r} does not exist or cannot be saved; "
+                    "add the card again.",
+                ) from exc
+            raise
+        info = _setup_info(setup)
+        log.info("setup_intent_confirmed", setup_intent_id=intent_id, status=info.status)
+        return info
 
     # --- payments -------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from datetime import date
 from typing import Protocol
 
-from activities.gateway import IntentInfo, PaymentMethodInfo, RefundInfo
+from activities.gateway import IntentInfo, PaymentMethodInfo, RefundInfo, SetupInfo
 
 
 class PaymentGateway(Protocol):
@@ -60,6 +60,18 @@ class PaymentGateway(Protocol):
 
     def attach_payment_method(self, pm_id: str, customer_id: str) -> None:
         """Attach a card to a customer (attaching it again to the same customer is fine)."""
+        ...
+
+    # --- saving a card without a charge ------------------------------------------------------
+
+    def create_setup_intent(
+        self, *, customer_id: str, metadata: dict[str, str], idempotency_key: str
+    ) -> str:
+        """Create a SetupIntent for a customer's card once per ``idempotency_key``; its id."""
+        ...
+
+    def confirm_setup_intent(self, intent_id: str, payment_method_id: str) -> SetupInfo:
+        """Validate and save a card (no charge); a decline comes back in ``decline``."""
         ...
 
     # --- payments -----------------------------------------------------------------------------

@@ -52,7 +52,13 @@ def tenant_field() -> object:
 
 
 class Customer(SQLModel, table=True):
+    """A customer record. ``name``, ``phone`` and ``country`` come from enrollment (optional);
+    ``account_tenant_id`` is the customer's own tenant id, unique, given at enrollment."""
+
     __tablename__ = "customers"
+    __table_args__ = (
+        sa.UniqueConstraint("account_tenant_id", name="uq_customers_account_tenant_id"),
+    )
 
     id: str = Field(primary_key=True, max_length=64)
     tenant_id: str = tenant_field()  # type: ignore[assignment]
@@ -60,6 +66,10 @@ class Customer(SQLModel, table=True):
     timezone: str = Field(max_length=64, default="UTC")
     locale: str = Field(default="en", max_length=16, sa_column_kwargs={"server_default": "en"})
     gateway_customer_id: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=32)  # E.164
+    country: str | None = Field(default=None, max_length=2)  # ISO 3166-1 alpha-2
+    account_tenant_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _ts(nullable=False)  # type: ignore[assignment]
 
 

@@ -57,6 +57,7 @@ class Permission(StrEnum):
     KPIS_READ = "kpis:read"
     CLOCKS_MANAGE = "clocks:manage"
     WEBHOOKS_MANAGE = "webhooks:manage"
+    ENROLLMENTS_MANAGE = "enrollments:manage"
     HEALTH_READ = "health:read"
     TENANTS_MANAGE = "tenants:manage"
     PRINCIPALS_MANAGE = "principals:manage"

@@ -30,6 +30,14 @@ date; for events, on their workflow time in UTC from ``since`` 00:00 UTC to ``un
 - ``involuntary_churn``: subscriptions canceled for nonpayment in the range / subscriptions live
   (``trialing``, ``active``, ``past_due``, ``unpaid`` or ``paused``) at some instant of the range.
 
+Enrollment (``enrollment``, over enrollments *started* in the range, UTC days):
+
+- ``time_to_first_value``: from an enrollment's start to its confirmation with an active or
+  trialing subscription and the owner's access (the ``enrolled`` event), p50 and p95 in seconds,
+  over the enrollments confirmed.
+- ``conversion``: confirmed / started, overall and by channel and by plan (the plan chosen last).
+- ``verification_failure_rate``: wrong codes / codes checked (wrong + verified).
+
 Every rate is ``None`` when its denominator is zero.
 """
 
@@ -105,6 +113,86 @@ class StepRecovery(BaseModel):
     rate: float | None
 
 
+class EnrollmentFact(BaseModel):
+    """One enrollment's row, for the enrollment KPIs."""
+
+    model_config = ConfigDict(frozen=True)
+
+    channel: str
+    plan_id: str
+    status: str
+    started_at: datetime
+    enrolled_at: datetime | None = None
+
+
+class Conversion(BaseModel):
+    started: int
+    enrolled: int
+    rate: float | None
+
+
+class EnrollmentKpis(BaseModel):
+    """Sign-ups over the range (module docstring)."""
+
+    started: int
+    enrolled: int
+    expired: int
+    conversion: float | None
+    conversion_by_channel: dict[str, Conversion]
+    conversion_by_plan: dict[str, Conversion]
+    ttv_p50_s: float | None
+    ttv_p95_s: float | None
+    codes_checked: int
+    codes_wrong: int
+    verification_failure_rate: float | None
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """The ``p``-th percentile (0-100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 3)
+
+
+def compute_enrollment_kpis(
+    facts: Sequence[EnrollmentFact], codes_wrong: int, codes_verified: int
+) -> EnrollmentKpis:
+    """The enrollment KPIs of the enrollments in ``facts`` and their code checks."""
+
+    def convert(group: Iterable[EnrollmentFact]) -> Conversion:
+        rows = list(group)
+        done = sum(1 for f in rows if f.enrolled_at is not None)
+        return Conversion(started=len(rows), enrolled=done, rate=ratio(done, len(rows)))
+
+    by_channel: dict[str, list[EnrollmentFact]] = defaultdict(list)
+    by_plan: dict[str, list[EnrollmentFact]] = defaultdict(list)
+    for f in facts:
+        by_channel[f.channel].append(f)
+        by_plan[f.plan_id].append(f)
+    ttv = [
+        (f.enrolled_at - f.started_at).total_seconds() for f in facts if f.enrolled_at is not None
+    ]
+    overall = convert(facts)
+    checked = codes_wrong + codes_verified
+    return EnrollmentKpis(
+        started=overall.started,
+        enrolled=overall.enrolled,
+        expired=sum(1 for f in facts if f.status == "expired"),
+        conversion=overall.rate,
+        conversion_by_channel={k: convert(v) for k, v in sorted(by_channel.items())},
+        conversion_by_plan={k: convert(v) for k, v in sorted(by_plan.items())},
+        ttv_p50_s=percentile(ttv, 50),
+        ttv_p95_s=percentile(ttv, 95),
+        codes_checked=checked,
+        codes_wrong=codes_wrong,
+        verification_failure_rate=ratio(codes_wrong, checked),
+    )
+
+
 class KpiReport(BaseModel):
     """The KPIs over one range (see the module docstring for each definition)."""
 
@@ -133,6 +221,7 @@ class KpiReport(BaseModel):
     marked_unpaid: int
     invoices: int
     payments: int
+    enrollment: EnrollmentKpis | None = None
 
 
 def ratio(numerator: int, denominator: int) -> float | None:

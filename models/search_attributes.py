@@ -19,6 +19,9 @@ TENANT_ID = SearchAttributeKey.for_keyword("TenantId")
 # Set at start on subscriptions attached to a test clock (starter/clock.py); never changes.
 TEST_CLOCK_ID = SearchAttributeKey.for_keyword("TestClockId")
 
+# An enrollment's status (models.enrollment.EnrollmentStatus): the Web UI lists sign-ups by it.
+ENROLLMENT_STATUS = SearchAttributeKey.for_keyword("EnrollmentStatus")
+
 ALL = (
     CUSTOMER_ID,
     PLAN_ID,
@@ -29,4 +32,5 @@ ALL = (
     NEEDS_ATTENTION,
     TEST_CLOCK_ID,
     TENANT_ID,
+    ENROLLMENT_STATUS,
 )

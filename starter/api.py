@@ -36,6 +36,8 @@ from starter.access import Access
 from starter.admin_api import router as admin_router
 from starter.auth import Authenticator, check_config, dev_credentials_allowed
 from starter.context import connect_temporal, make_service
+from starter.enrollment import EnrollmentService
+from starter.enrollment_api import router as enrollment_router
 from starter.http import (
     EDGE_ERRORS,
     EdgeMiddleware,
@@ -49,7 +51,7 @@ from starter.intake_api import router as intake_router
 from starter.kpis_api import router as kpis_router
 from starter.service import OmsService, SubscribeRequest
 from starter.webhooks_api import router as webhooks_router
-from workers.config import Config, load_config
+from workers.config import Config, enrollment_secret, load_config
 from workers.logs import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -139,6 +141,8 @@ class Runtime:
         self.authenticator = Authenticator.from_config(config, self.auth_store)
         self.rate_limits = RateLimits(config.auth)
         self._service = service
+        self._enrollments: EnrollmentService | None = None
+        self._enrollment_store: Any = None
         self._lock = asyncio.Lock()
 
     async def service(self) -> OmsService:
@@ -160,6 +164,38 @@ class Runtime:
 
     async def access(self, principal: Principal, channel: str = "api") -> Access:
         return Access(await self.service(), self.auth_store, principal, channel)
+
+    def enrollment_key(self) -> bytes:
+        """The key of enrollment's keyed hashes (``enrollment.secret``); CONFIG_INVALID without
+        a usable one (``main`` refuses to start then; this covers apps built by tests)."""
+        try:
+            return enrollment_secret(self.config)
+        except SystemExit as err:
+            raise OmsError(ErrorCode.CONFIG_INVALID, str(err.code).removeprefix("error ")) from None
+
+    def enrollment_store(self) -> Any:
+        if self._enrollment_store is None:
+            from activities.enrollment import EnrollmentStore
+
+            self._enrollment_store = EnrollmentStore(self.engine)
+        return self._enrollment_store
+
+    async def enrollments(self) -> EnrollmentService:
+        """Sign-ups (docs/enrollment.md), on the same Temporal client and task queue; public
+        sign-ups enroll with the tenant ``enrollment.tenant_id``."""
+        service = await self.service()
+        if self._enrollments is None:
+            self._enrollments = EnrollmentService(
+                service.client,
+                self.enrollment_store(),
+                service.catalog,
+                self.enrollment_key(),
+                task_queue=service.task_queue,
+                tenant_id=self.config.enrollment.tenant_id,
+                search_attributes=service.search_attributes,
+                default_timezone=service.default_timezone,
+            )
+        return self._enrollments
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
@@ -190,7 +226,10 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
         title="Subscription OMS",
         version="0.2.0",
         description="Subscriptions as long-lived Temporal workflows. Every route but "
-        "`/health/live` needs `Authorization: Bearer <token or API key>` (docs/access.md). "
+        "`/health/live` and the public sign-up routes (`GET /enrollments/terms`, `GET /plans`, "
+        "`POST /enrollments`, `POST /auth/sign-in-link`) needs `Authorization: Bearer <token or "
+        "API key>` (docs/access.md); the other enrollment routes also take the enrollment's "
+        "`Enrollment-Token` (docs/enrollment.md). "
         'Errors are `{"error": {"code": ..., "message": ...}}` with a stable code.',
         lifespan=lifespan,
     )
@@ -474,6 +513,7 @@ def create_app(config: Config | None = None, service: OmsService | None = None) 
     app.include_router(kpis_router)
     app.include_router(admin_router)
     app.include_router(webhooks_router)
+    app.include_router(enrollment_router)
     return app
 
 
@@ -522,6 +562,7 @@ def main() -> None:
 
     configure_logging()
     config = load_config()
+    enrollment_secret(config)  # refuse to start without the key the worker shares
     try:
         app = create_app(config)
     except OmsError as err:  # production without its own signing key: refuse to start

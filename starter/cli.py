@@ -22,6 +22,7 @@ from models.money import format_money
 from starter.access import Access
 from starter.admin_cli import app as admin_app
 from starter.admin_cli import whoami
+from starter.enrollment_cli import app as enroll_app
 from starter.intake_cli import app as intake_app
 from starter.mail_cli import app as mail_app
 from starter.output import JsonOpt, emit_json, fail, plain, run_access, set_token, table
@@ -66,6 +67,7 @@ def _credentials(
 
 app.add_typer(quote_app, name="quote")
 app.add_typer(intake_app, name="intake")
+app.add_typer(enroll_app, name="enroll")
 
 
 # --- commands ---------------------------------------------------------------------------

@@ -118,6 +118,19 @@ class BillingConfig(BaseModel):
     default_timezone: str = "UTC"
 
 
+class EnrollmentConfig(BaseModel):
+    """Sign-ups (docs/enrollment.md).
+
+    ``secret`` keys the hashes of one-time codes, enrollment tokens and addresses (HMAC-SHA256);
+    the API and the worker must share it. A dev stack without one uses a public dev secret;
+    anywhere else :func:`enrollment_secret` refuses to run without 32 bytes of its own.
+    """
+
+    secret: str | None = None
+    tenant_id: str = "default"  # the merchant tenant public sign-ups enroll with
+    resume_url: str = "http://127.0.0.1:8000/portal/enroll"  # reminder e-mails link here
+
+
 class Config(BaseModel):
     temporal: TemporalConfig = Field(default_factory=TemporalConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
@@ -126,6 +139,7 @@ class Config(BaseModel):
     billing: BillingConfig = Field(default_factory=BillingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    enrollment: EnrollmentConfig = Field(default_factory=EnrollmentConfig)
 
 
 # env var -> (section, key)
@@ -164,7 +178,29 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "OMS_PORTAL_URL": ("notifications", "portal_url"),
     "OMS_MAIL_SINK_PORT": ("notifications", "sink_port"),
     "OMS_MAIL_DIR": ("notifications", "mail_dir"),
+    "OMS_ENROLLMENT_SECRET": ("enrollment", "secret"),
+    "OMS_ENROLLMENT_TENANT": ("enrollment", "tenant_id"),
+    "OMS_ENROLLMENT_RESUME_URL": ("enrollment", "resume_url"),
 }
+
+DEV_ENROLLMENT_SECRET = "oms-dev-enrollment-secret-public-never-use-in-production"
+MIN_ENROLLMENT_SECRET_BYTES = 32
+
+
+def enrollment_secret(config: Config) -> bytes:
+    """The key of enrollment's keyed hashes: the configured secret; the public dev secret on a
+    dev stack without one. Raises ``SystemExit`` naming the variable otherwise."""
+    secret = config.enrollment.secret or ""
+    if not secret and config.auth.environment == "dev":
+        secret = DEV_ENROLLMENT_SECRET
+    if len(secret.encode()) < MIN_ENROLLMENT_SECRET_BYTES or (
+        secret == DEV_ENROLLMENT_SECRET and config.auth.environment != "dev"
+    ):
+        raise SystemExit(
+            "error CONFIG_INVALID: set OMS_ENROLLMENT_SECRET to at least "
+            f"{MIN_ENROLLMENT_SECRET_BYTES} random bytes (shared by the API and the worker)"
+        )
+    return secret.encode()
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

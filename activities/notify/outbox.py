@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
+from activities.enrollment_tables import EnrollmentRow
 from activities.tables import (
     Customer,
     NotificationRow,
@@ -149,7 +150,11 @@ class Outbox:
             s.execute(sa.update(model).where(model.id == row_id).values(**values))
             s.commit()
 
-    def notification_sent(self, row_id: int, message_id: str, now: datetime) -> None:
+    def notification_sent(
+        self, row_id: int, message_id: str, now: datetime, *, data: str | None = None
+    ) -> None:
+        """Mark a row sent; ``data``: its data with the secrets blanked (one-time codes, links)."""
+        extra = {"data": data} if data is not None else {}
         self._update(
             NotificationRow,
             row_id,
@@ -158,6 +163,7 @@ class Outbox:
             message_id=message_id,
             claimed_until=None,
             attempts=NotificationRow.attempts + 1,
+            **extra,
         )
 
     def notification_retry(self, row_id: int, error: str, at: datetime) -> None:
@@ -170,8 +176,11 @@ class Outbox:
             attempts=NotificationRow.attempts + 1,
         )
 
-    def notification_ended(self, row_id: int, status: str, error: str | None) -> None:
-        """``dead`` (gave up) or ``skipped`` (nothing to send)."""
+    def notification_ended(
+        self, row_id: int, status: str, error: str | None, *, data: str | None = None
+    ) -> None:
+        """``dead`` (gave up) or ``skipped`` (nothing to send); ``data`` as for ``sent``."""
+        extra = {"data": data} if data is not None else {}
         self._update(
             NotificationRow,
             row_id,
@@ -179,12 +188,20 @@ class Outbox:
             claimed_until=None,
             last_error=clip(error) if error else None,
             attempts=NotificationRow.attempts + (1 if status == DEAD else 0),
+            **extra,
         )
 
     def customer_contact(self, customer_id: str) -> tuple[str, str] | None:
         """(e-mail, locale) of a customer, looked up at send time (no PII in the outbox)."""
         with self.session() as s:
             row = s.get(Customer, customer_id)
+        return (row.email, row.locale or "en") if row is not None and row.email else None
+
+    def enrollment_contact(self, enrollment_id: str) -> tuple[str, str] | None:
+        """(e-mail, locale) of an enrollment's address, looked up at send time; None once the
+        enrollment expired (its address is erased)."""
+        with self.session() as s:
+            row = s.get(EnrollmentRow, enrollment_id)
         return (row.email, row.locale or "en") if row is not None and row.email else None
 
     def approver_emails(self, tenant_id: str, groups: Sequence[str]) -> list[str]:

@@ -7,11 +7,13 @@ retry later". A workflow per batch would put every e-mail's address and rendered
 history, which the privacy issue forbids.
 
 - **E-mail**: the recipient is looked up at send time (the customer's address and locale; the
-  approvers of the request's groups; the ops address for ``ops_*`` notices), the message rendered
+  enrolling address for ``enrollment_*`` notices; the approvers of the request's groups; the ops
+  address for ``ops_*`` notices), the message rendered
   from the kind's template, and sent over SMTP with a ``Message-ID`` derived from the key, so a
   resend after a crash between "sent" and "recorded" is recognisable as the same message.
   Transient failures (connection, 4xx) retry on a back-off; a permanent one (5xx) or the last
-  attempt ends the row ``dead`` with its error; no address ends it ``skipped``.
+  attempt ends the row ``dead`` with its error; no address ends it ``skipped``. Once a row is
+  final, the secrets in its data (one-time codes, sign-in and resume links) are blanked.
 - **Webhooks**: each delivery is POSTed signed (``webhooks.py``); non-2xx and network errors retry
   on a back-off for three days, then the delivery is ``dead`` (``oms webhooks replay`` resends it).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +54,21 @@ EMAIL_BACKOFF = (
 CLAIM = 5  # rows claimed at a time (each claim's lease covers sending all of them)
 APPROVER_KINDS_PREFIX = "approval_"
 OPS_KINDS_PREFIX = "ops_"
+ENROLLMENT_KINDS_PREFIX = "enrollment_"
+# Data that must not outlive the e-mail carrying it: one-time codes (enrollment kinds only; an
+# ops notice's ``code`` is an error code) and bearer links. Blanked once a row is final.
+SECRET_KEYS = ("sign_in_url", "resume_url")
+ENROLLMENT_SECRET_KEYS = ("code",)
+
+
+def scrubbed(kind: str, data: dict[str, str]) -> str | None:
+    """The row's data with its secrets blanked, as JSON; None when it holds none."""
+    keys = SECRET_KEYS + (
+        ENROLLMENT_SECRET_KEYS if kind.startswith(ENROLLMENT_KINDS_PREFIX) else ()
+    )
+    if not any(data.get(k) for k in keys):
+        return None
+    return json.dumps({k: ("" if k in keys else v) for k, v in data.items()}, sort_keys=True)
 
 
 @dataclass
@@ -150,6 +168,11 @@ class Relay:
         if row.kind.startswith(APPROVER_KINDS_PREFIX):
             groups = [g for g in data.get("groups", "").split(",") if g]
             return self.outbox.approver_emails(row.tenant_id, groups), "en"
+        if row.kind.startswith(ENROLLMENT_KINDS_PREFIX):
+            # Sent before any customer exists: to the enrolling address (its row's id is the
+            # notice's subscription_id), erased when the enrollment expires.
+            enrolling = self.outbox.enrollment_contact(row.subscription_id)
+            return ([enrolling[0]], enrolling[1]) if enrolling else ([], "en")
         contact = self.outbox.customer_contact(row.customer_id)
         return ([contact[0]], contact[1]) if contact else ([], "en")
 
@@ -157,9 +180,18 @@ class Relay:
         assert row.id is not None
         data: dict[str, str] = json.loads(row.data or "{}")
         to, locale = await asyncio.to_thread(self._recipients, row, data)
+        # Blank the secrets with the final outcome (only when there are any).
+        blanked = scrubbed(row.kind, data)
+        final_data = {"data": blanked} if blanked is not None else {}
         if not to:
             await asyncio.to_thread(
-                self.outbox.notification_ended, row.id, SKIPPED, "no address to send to"
+                functools.partial(
+                    self.outbox.notification_ended,
+                    row.id,
+                    SKIPPED,
+                    "no address to send to",
+                    **final_data,
+                )
             )
             stats.skipped += 1
             return
@@ -174,7 +206,13 @@ class Relay:
             mail = render_email(row.kind, data, locale=locale, links=links)
         except (KeyError, ValueError) as err:  # a notice the templates cannot render: a bug
             await asyncio.to_thread(
-                self.outbox.notification_ended, row.id, DEAD, f"cannot render: {err}"
+                functools.partial(
+                    self.outbox.notification_ended,
+                    row.id,
+                    DEAD,
+                    f"cannot render: {err}",
+                    **final_data,
+                )
             )
             stats.dead += 1
             stats.errors.append(f"{row.key}: {err}")
@@ -191,14 +229,22 @@ class Relay:
                 headers={"X-OMS-Notification": row.key, "X-OMS-Kind": row.kind},
             )
         except PermanentDeliveryError as err:
-            await asyncio.to_thread(self.outbox.notification_ended, row.id, DEAD, err.message)
+            await asyncio.to_thread(
+                functools.partial(
+                    self.outbox.notification_ended, row.id, DEAD, err.message, **final_data
+                )
+            )
             stats.dead += 1
             log.warning("relay.email_dead", key=row.key, error=err.message)
             return
         except TransientDeliveryError as err:
             attempts = row.attempts + 1
             if attempts >= self.config.max_email_attempts:
-                await asyncio.to_thread(self.outbox.notification_ended, row.id, DEAD, err.message)
+                await asyncio.to_thread(
+                    functools.partial(
+                        self.outbox.notification_ended, row.id, DEAD, err.message, **final_data
+                    )
+                )
                 stats.dead += 1
                 log.warning("relay.email_dead", key=row.key, attempts=attempts, error=err.message)
                 return
@@ -208,7 +254,11 @@ class Relay:
             )
             stats.retried += 1
             return
-        await asyncio.to_thread(self.outbox.notification_sent, row.id, message_id, self.clock())
+        await asyncio.to_thread(
+            functools.partial(
+                self.outbox.notification_sent, row.id, message_id, self.clock(), **final_data
+            )
+        )
         stats.sent += 1
 
     # --- webhooks ------------------------------------------------------------------------

@@ -120,11 +120,17 @@ KINDS: Mapping[str, KindSpec] = {
         ("valid_minutes", "name"),
         summary="a one-time code that confirms an e-mail address (valid 10 minutes)",
     ),
+    "enrollment_reminder": KindSpec(
+        "customer",
+        ("resume_url",),
+        ("name", "plan_id", "plan_name", "expires_at", "timezone"),
+        summary="a sign-up left unfinished for an hour: a link to continue it",
+    ),
     "welcome": KindSpec(
         "customer",
         ("plan_id",),
-        ("plan_name", "trial_end", "first_charge_date", AMOUNT, *_CUSTOMER),
-        summary="the subscription has started",
+        ("plan_name", "trial_end", "first_charge_date", AMOUNT, "sign_in_url", *_CUSTOMER),
+        summary="the subscription has started (with the owner's first sign-in link)",
     ),
     "trial_ending": KindSpec(
         "customer",
@@ -521,7 +527,7 @@ def _pieces(kind: str, spec: KindSpec, folder: str, context: dict[str, Any]) -> 
         (_one_line(str(piece("manage"))), portal)
         if portal
         and spec.audience == "customer"
-        and kind != "enrollment_code"
+        and not kind.startswith("enrollment_")  # not a customer yet: nothing to manage
         and all(url != portal for _, url in actions)
         else None
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -356,3 +357,130 @@ def test_a_one_day_trial_s_ending_notice_arrives_by_email_within_seconds(
     )
     assert page.status_code == 200 and mail["subject"] in html.unescape(page.text)
     assert httpx.get(f"{stack.api}/dev/mail", timeout=10).status_code == 401
+
+
+def _code_from_mail(stack: RunningStack, address: str) -> str:
+    """The one-time code of the newest enrollment e-mail to ``address`` (the dev mail sink)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        mails = [
+            m
+            for m in stack.oms_json("dev", "mail", "--to", address)
+            if "verification code" in m["subject"].lower()
+        ]
+        if mails:
+            newest = max(mails, key=lambda m: m["sent_at"])
+            match = re.search(r"\b(\d{6})\b", newest["subject"])
+            assert match, newest["subject"]
+            return match.group(1)
+        time.sleep(0.3)
+    raise AssertionError(f"no verification e-mail reached {address} within 30 s")
+
+
+def test_enrollment_through_the_cli_with_the_code_from_the_mail_sink(
+    running_stack: RunningStack,
+) -> None:
+    stack = running_stack
+    terms = stack.oms_json("enroll", "terms")
+    assert set(terms) >= {"terms_version", "privacy_version"}
+    address = "enrollee-cli@example.com"
+    started = stack.oms_json(
+        "enroll",
+        "start",
+        "--email",
+        address,
+        "--name",
+        "Grace Hopper",
+        "--plan",
+        "pro",
+        "--interval",
+        "monthly",
+        "--accept-terms",
+        terms["terms_version"],
+    )
+    assert started["status"] == "awaiting_verification"
+    enrollment_id = started["enrollment_id"]
+    # A wrong code is refused with its code and a non-zero exit.
+    wrong = stack.oms("enroll", "verify", enrollment_id, "--code", "000000", "--json", check=False)
+    code = _code_from_mail(stack, address)
+    if code != "000000":
+        assert wrong.returncode != 0
+        assert json.loads(wrong.stdout or wrong.stderr)["error"]["code"] == "CODE_INVALID"
+    verified = stack.oms_json("enroll", "verify", enrollment_id, "--code", code)
+    assert verified["status"] == "awaiting_payment"
+    pm = stack.oms("dev", "card", "4242424242424242").stdout.strip()
+    paid = stack.oms_json("enroll", "pay", enrollment_id, "--payment-method", pm)
+    assert paid["status"] in ("active", "trialing")
+    assert paid["tenant_id"].startswith("tn_") and paid["customer_id"].startswith("cus_")
+    assert paid["subscription_id"] and paid["first_invoice_date"]
+    shown = stack.oms_json("enroll", "status", enrollment_id)
+    assert shown["status"] == "enrolled"
+    assert shown["subscription_id"] == paid["subscription_id"]
+    # The subscription is an ordinary one, visible to the operator; the welcome e-mail follows.
+    sub = stack.oms_json("status", paid["subscription_id"])
+    assert sub["status"] == paid["status"]
+    deadline = time.monotonic() + 30
+    welcome: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not welcome:
+        welcome = [
+            m for m in stack.oms_json("dev", "mail", "--to", address) if "sign-in" in m["body"]
+        ]
+        time.sleep(0.3)
+    assert welcome, "no welcome e-mail with a sign-in link"
+    link = re.search(r"token=(sil_[A-Za-z0-9_-]+)", welcome[0]["body"])
+    assert link, welcome[0]["body"]
+    # The link signs the owner in once: a bearer token that sees the new subscription.
+    signed_in = httpx.post(
+        f"{stack.api}/auth/sign-in-link", json={"token": link.group(1)}, timeout=10
+    )
+    assert signed_in.status_code == 200, signed_in.text
+    bearer = signed_in.json()["access_token"]
+    mine = httpx.get(
+        f"{stack.api}/subscriptions/{paid['subscription_id']}",
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=10,
+    )
+    assert mine.status_code == 200, mine.text
+    again = httpx.post(f"{stack.api}/auth/sign-in-link", json={"token": link.group(1)}, timeout=10)
+    assert again.status_code in (401, 404), again.text
+
+
+def test_enrollment_through_the_public_api_with_its_token(running_stack: RunningStack) -> None:
+    stack = running_stack
+    api = stack.api
+    terms = httpx.get(f"{api}/enrollments/terms", timeout=10).json()
+    address = "enrollee-api@example.com"
+    started = httpx.post(
+        f"{api}/enrollments",
+        json={
+            "email": address,
+            "plan_id": "pro",
+            "interval": "monthly",
+            "currency": "USD",
+            "terms_version": terms["terms_version"],
+            "privacy_version": terms["privacy_version"],
+        },
+        timeout=10,
+    )
+    assert started.status_code in (200, 201), started.text
+    body = started.json()
+    eid, token = body["enrollment_id"], body["token"]
+    headers = {"Enrollment-Token": token}
+    # Without the token, or with another one, the enrollment does not exist.
+    assert httpx.get(f"{api}/enrollments/{eid}", timeout=10).status_code == 401
+    other = {"Enrollment-Token": "enrtok_" + "x" * 32}
+    assert httpx.get(f"{api}/enrollments/{eid}", headers=other, timeout=10).status_code == 404
+    code = _code_from_mail(stack, address)
+    ok = httpx.post(f"{api}/enrollments/{eid}/verify", json={"code": code}, headers=headers)
+    assert ok.status_code == 200 and ok.json()["status"] == "awaiting_payment", ok.text
+    quote = httpx.get(f"{api}/enrollments/{eid}/quote", headers=headers, timeout=10)
+    assert quote.status_code == 200, quote.text
+    pm = stack.oms("dev", "card", "4242424242424242").stdout.strip()
+    paid = httpx.post(
+        f"{api}/enrollments/{eid}/payment-method",
+        json={"payment_method_id": pm},
+        headers=headers,
+        timeout=60,
+    )
+    assert paid.status_code == 200, paid.text
+    assert paid.json()["status"] in ("active", "trialing")

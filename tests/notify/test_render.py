@@ -18,6 +18,15 @@ LINKS = {
 # kind -> (data as the workflow writes it, fragments the subject must carry)
 SAMPLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "enrollment_code": ({"code": "482913", "valid_minutes": "10"}, ("482913",)),
+    "enrollment_reminder": (
+        {
+            "resume_url": "https://billing.example.test/portal/enroll?enrollment=enr_1",
+            "plan_id": "pro-monthly",
+            "plan_name": "Pro",
+            "expires_at": "2026-03-02T09:00:00+00:00",
+        },
+        ("Pro",),
+    ),
     "welcome": (
         {
             "plan_id": "pro-monthly",
@@ -26,6 +35,7 @@ SAMPLES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
             "first_charge_date": "2026-03-15",
             "amount_minor": "2900",
             "currency": "USD",
+            "sign_in_url": "https://billing.example.test/portal/sign-in?token=sil_x",
         },
         ("Pro",),
     ),

@@ -27,9 +27,15 @@ TEST_AUTH: dict[str, Any] = {
 }
 
 
+# Keys enrollment's hashes (codes, enrollment tokens, addresses) in test configs.
+TEST_ENROLLMENT_SECRET = "test-enrollment-secret-for-the-suite-only-0123456789"
+
+
 def with_auth(config: dict[str, Any], **auth: Any) -> dict[str, Any]:
-    """``config`` (a Config dict) with the test auth section (``auth`` overrides keys)."""
-    return {**config, "auth": {**TEST_AUTH, **auth}}
+    """``config`` (a Config dict) with the test auth section (``auth`` overrides keys) and an
+    enrollment secret (unless ``config`` names one)."""
+    enrollment = {"secret": TEST_ENROLLMENT_SECRET, **config.get("enrollment", {})}
+    return {**config, "auth": {**TEST_AUTH, **auth}, "enrollment": enrollment}
 
 
 def authenticator(engine: Engine) -> Authenticator:

@@ -47,6 +47,7 @@ GRANTS: dict[Role, set[Permission]] = {
         P.KPIS_READ,
         P.CLOCKS_MANAGE,
         P.WEBHOOKS_MANAGE,
+        P.ENROLLMENTS_MANAGE,
         P.HEALTH_READ,
     },
     Role.APPROVER: {

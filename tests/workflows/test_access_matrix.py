@@ -7,6 +7,11 @@ every role without the permission 403, a principal that may not see the object 4
 says what each role holding the permission gets, explicitly: success, or a business error that
 can only come after authorization passed (``why``).
 
+Enrollment (docs/enrollment.md) is the one deliberate exception to "every route needs a bearer
+credential": its documents, plans, start and sign-in-link routes are public
+(``ENROLLMENT_PUBLIC``), and an enrollment's own routes take its token (``Enrollment-Token``) or
+a principal with ``enrollments:manage``: their matrix adds the token holders to the roles.
+
 One stack per test; the calls run in table order (refusals change nothing; the allowed calls
 move one subscription through reads, an approval, changes, a pause, a card, a cancellation).
 """
@@ -31,6 +36,7 @@ from activities.intake_tables import DeadLetter
 from models.identity import Permission as P
 from starter.api import create_app
 from starter.auth import Authenticator
+from starter.enrollment.legal import current_privacy, current_terms
 from starter.intake import IntakeSettings
 from tests.support.access_matrix import (
     ANONYMOUS,
@@ -506,8 +512,85 @@ def intake_routes() -> list[Route]:
     ]
 
 
+# Sign-up: public by design (the edge's per-IP rate limit applies). Checked below, and without
+# the bearer scheme in OpenAPI (POST /enrollments documents it as optional: assisted sign-up).
+ENROLLMENT_PUBLIC = frozenset(
+    {
+        ("GET", "/enrollments/terms"),
+        ("GET", "/plans"),
+        ("POST", "/enrollments"),
+        ("POST", "/auth/sign-in-link"),
+    }
+)
+ENROLLEE = "enrollee"  # holds {enr}'s token
+OTHER_ENROLLEE = "other-enrollee"  # holds another enrollment's token
+WRONG_TOKEN = "wrong-token"
+ENROLLMENT_TOKEN = "enrollment-token"  # Route.credential: the token or a bearer credential
+
+
+def some_error(*codes: str) -> Check:
+    """A check: the error's code is one of ``codes`` (a step's answer that may vary in time,
+    e.g. whether the first code was sent yet)."""
+
+    def check(body: Any, _: Values) -> bool:
+        return isinstance(body, dict) and body.get("error", {}).get("code") in codes
+
+    return check
+
+
+def enrollment_routes() -> list[Route]:
+    """An enrollment's own routes (starter/enrollment_api.py) on {enr}, started anonymously in
+    tenant A (its merchant tenant): the enrollee's token and tenant A's operator may act; every
+    other role is refused by role, tenant B's operator and other tokens get 404."""
+    enr = "/enrollments/{enr}"
+
+    def both(status: int | tuple[int, ...], check: Check | None = None) -> tuple[Call, ...]:
+        return (
+            *(Call(who, status, check=check) for who in (ENROLLEE, OPERATOR)),
+            Call(OTHER_ENROLLEE, 404, "NOT_FOUND", why="another enrollment's token"),
+            Call(WRONG_TOKEN, 404, "NOT_FOUND", why="a token nobody has"),
+        )
+
+    def route(method: str, tail: str, calls: tuple[Call, ...], body: Any = NO_BODY) -> Route:
+        return Route(
+            method,
+            f"/enrollments/{{enrollment_id}}{tail}",
+            f"{enr}{tail}",
+            P.ENROLLMENTS_MANAGE,
+            calls,
+            Scope.OBJECT,
+            body=body,
+            credential=ENROLLMENT_TOKEN,
+        )
+
+    awaiting = lambda b, v: b["status"] == "awaiting_verification"  # noqa: E731
+    return [
+        route("GET", "", both(200, awaiting)),
+        route(
+            "POST",
+            "/verify",
+            both(422, some_error("CODE_INVALID", "CODE_EXPIRED")),
+            body={"code": "000000"},
+        ),
+        route("POST", "/resend", both((200, 429))),
+        route(
+            "PUT",
+            "/plan",
+            both(200, lambda b, v: b["choice"]["plan_id"] == "business"),
+            body={"plan_id": "business", "interval": "monthly", "currency": "USD"},
+        ),
+        route("GET", "/quote", both(200, lambda b, v: b["plan_id"] == "business")),
+        route(
+            "POST",
+            "/payment-method",
+            both(409, some_error("NOT_VERIFIED")),
+            body={"payment_method_id": "{pm}"},
+        ),
+    ]
+
+
 def all_routes() -> list[Route]:
-    return core_routes() + webhook_routes() + intake_routes()
+    return core_routes() + webhook_routes() + intake_routes() + enrollment_routes()
 
 
 def test_every_route_is_in_the_matrix() -> None:
@@ -516,9 +599,10 @@ def test_every_route_is_in_the_matrix() -> None:
     served = app_routes(app)
     listed = [r.key for r in all_routes()]
     assert len(listed) == len(set(listed)), "a route is listed twice"
-    assert served - set(listed) - PUBLIC_ROUTES == set(), "routes missing from the access matrix"
+    public = PUBLIC_ROUTES | ENROLLMENT_PUBLIC
+    assert served - set(listed) - public == set(), "routes missing from the access matrix"
     assert set(listed) - served == set(), "the matrix lists routes the app does not serve"
-    assert served >= PUBLIC_ROUTES
+    assert served >= public
     for route in all_routes():
         assert not missing_allowed(route), (
             f"{route.key}: no allowed call for {missing_allowed(route)}"
@@ -532,7 +616,18 @@ def test_every_route_is_in_the_matrix() -> None:
         if op.get("security") == [{"HTTPBearer": []}]
     }
     signed = {r.key for r in all_routes() if r.credential == STRIPE_SIGNATURE}
-    assert bearer_routes == {r.key for r in all_routes()} - signed
+    tokened = {r.key for r in all_routes() if r.credential == ENROLLMENT_TOKEN}
+    assert bearer_routes == {r.key for r in all_routes()} - signed - tokened
+    security = {
+        (method.upper(), path): op.get("security")
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    }
+    for key in tokened:  # the token or a bearer credential
+        assert security[key] == [{"EnrollmentToken": []}, {"HTTPBearer": []}], key
+    assert security[("POST", "/enrollments")] == [{"HTTPBearer": []}, {}]  # optional
+    for key in ENROLLMENT_PUBLIC - {("POST", "/enrollments")}:
+        assert not security[key], key
 
 
 @dataclass
@@ -610,6 +705,7 @@ async def world(
             {
                 "database": {"url": db_url},
                 "gateway": {"api_base": localstripe_url, "api_key": TEST_API_KEY},
+                "enrollment": {"tenant_id": TENANT_A},  # public sign-ups enroll with tenant A
             }
         )
     )
@@ -689,7 +785,16 @@ async def world(
                 headers=w.headers[OPERATOR],
             )
             assert endpoint.status_code == 201, endpoint.text
+            tokens = []
+            for email in ("mx-enrollee@example.com", "mx-other-enrollee@example.com"):
+                started = await client.post("/enrollments", json=sign_up(email))
+                assert started.status_code == 201, started.text
+                tokens.append(started.json())
+            w.headers[ENROLLEE] = {"Enrollment-Token": tokens[0]["token"]}
+            w.headers[OTHER_ENROLLEE] = {"Enrollment-Token": tokens[1]["token"]}
+            w.headers[WRONG_TOKEN] = {"Enrollment-Token": "enrtok_" + "x" * 32}
             w.values = {
+                "enr": tokens[0]["enrollment_id"],
                 "sub": sub,
                 "approval": down.json()["request_id"],
                 "dead_letter": str(letter.id),
@@ -697,6 +802,17 @@ async def world(
                 "endpoint": endpoint.json()["endpoint_id"],
             }
             yield w
+
+
+def sign_up(email: str) -> dict[str, Any]:
+    return {
+        "email": email,
+        "plan_id": "pro",
+        "interval": "monthly",
+        "currency": "USD",
+        "terms_version": current_terms().version,
+        "privacy_version": current_privacy().version,
+    }
 
 
 def report(failures: list[Outcome]) -> str:
@@ -716,6 +832,39 @@ async def test_access_matrix_webhooks(world: World) -> None:
 async def test_access_matrix_intake_health_metrics(world: World) -> None:
     failures = await world.run(intake_routes())
     assert not failures, report(failures)
+
+
+async def test_access_matrix_enrollments(world: World) -> None:
+    failures = await world.run(enrollment_routes())
+    assert not failures, report(failures)
+
+
+async def test_enrollment_public_routes(world: World) -> None:
+    """Sign-up is public: documents, plans, start and the sign-in link need no credential; a
+    bearer credential on start must hold ``enrollments:manage`` (assisted sign-up)."""
+    client, headers = world.client, world.headers
+    assert (await client.get("/enrollments/terms")).json()["terms_version"]
+    assert (await client.get("/plans", params={"currency": "EUR"})).status_code == 200
+    anonymous = await client.post("/enrollments", json=sign_up("mx-anon@example.com"))
+    assert anonymous.status_code == 201, anonymous.text
+    assert anonymous.json()["token"].startswith("enrtok_")
+    assisted = await client.post(
+        "/enrollments", json=sign_up("mx-assisted@example.com"), headers=headers[OPERATOR]
+    )
+    assert assisted.status_code == 201, assisted.text
+    refused = await client.post(
+        "/enrollments", json=sign_up("mx-c@example.com"), headers=headers[CUSTOMER]
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "FORBIDDEN"
+    bad = await client.post(
+        "/enrollments", json=sign_up("mx-bad@example.com"), headers={"Authorization": "Bearer x"}
+    )
+    assert bad.status_code == 401
+    link = await client.post("/auth/sign-in-link", json={"token": "nobody-has-this-link"})
+    assert link.status_code == 401 and link.json()["error"]["code"] == "UNAUTHENTICATED"
+    # No token and no credential on an enrollment's own route: 401.
+    enr = world.values["enr"]
+    assert (await client.get(f"/enrollments/{enr}")).status_code == 401
 
 
 async def test_public_routes_answer_without_credentials(engine: Engine, db_url: str) -> None:
